@@ -1,0 +1,121 @@
+"""The PPO family's shared collection and update. PPO, VinePPO, GRPO and RLOO differ only in `advantages()`:
+how the per-token advantage column of the batch is filled (critic + GAE, MC step values, group mean, leave-one-out).
+
+collect: sample `prompts_per_iteration` x `samples_per_prompt` responses, grade them (unfinished = 0), compute the
+         old and reference log-probs, then the subclass's advantages.
+update:  `epochs` passes over the batch in shuffled minibatches of `batch_size` sequences:
+         clipped surrogate (token mean) + kl_coef * k3 KL to the reference (clamped per token, summed over a
+         sequence's tokens, averaged over sequences), no entropy bonus, advantages whitened over the batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from algorithms.base import Algorithm
+from algorithms.losses import clipped_surrogate, k3_kl, masked_mean, masked_whiten
+from harness.models import frozen_copy
+
+
+class OnPolicy(Algorithm):
+    def __init__(self, cfg, policy, tokenizer, engine, task):
+        super().__init__(cfg, policy, tokenizer, engine, task)
+        self.ref = frozen_copy(policy) if cfg.train.kl_coef > 0 else None
+        self.opt, self.sched = self.make_optimizer(policy)
+
+    @property
+    def temperature(self) -> float:
+        return self.cfg.sampling.temperature or 1.0    # greedy sampling still trains on the T = 1 policy
+
+    def steps_per_iteration(self) -> int:
+        t = self.cfg.train
+        return t.epochs * math.ceil(t.prompts_per_iteration * t.samples_per_prompt / t.batch_size)
+
+    def total_steps(self) -> int:
+        return self.cfg.train.iterations * self.steps_per_iteration()
+
+    # --- collect -------------------------------------------------------------------------------------------
+    def collect(self, iteration: int) -> dict:
+        s, t = self.cfg.sampling, self.cfg.train
+        problems = self.prompt_batch(iteration)
+        prompts = [self.engine.encode_prompt(self.task.prompt(p)) for p in problems]
+        samples = self.engine.generate(prompts, n=t.samples_per_prompt, temperature=s.temperature, top_p=s.top_p,
+                                       max_new_tokens=s.max_new_tokens, stop=self.task.stop,
+                                       seed=self.seed(iteration, "generate"), tag="generate")
+        samples = [x if x.token_ids else x.__class__(x.prompt_index, [self.tokenizer.eos_token_id], "", False)
+                   for x in samples]               # an empty response still needs one token to carry its reward
+        rewards = [self.task.grade(x.text, problems[x.prompt_index]["answer"]) if x.finished else 0.0
+                   for x in samples]
+        seq_prompts = [prompts[x.prompt_index] for x in samples]
+        batch = self.pad(seq_prompts, [x.token_ids for x in samples])
+        batch.update(samples=samples, problems=problems, prompts=prompts, iteration=iteration,
+                     rewards=torch.tensor(rewards), groups=torch.tensor([x.prompt_index for x in samples]))
+        batch["old_logp"] = self.logprobs_batched(self.policy, batch, self.temperature)
+        if self.ref is not None:
+            batch["ref_logp"] = self.logprobs_batched(self.ref, batch, self.temperature)
+        batch["adv"] = self.advantages(batch) * batch["mask"]
+        return batch
+
+    def advantages(self, batch: dict) -> torch.Tensor:
+        """Per-token advantages [B, L-1] aligned with batch["mask"]. Subclasses fill this column."""
+        raise NotImplementedError
+
+    # --- update --------------------------------------------------------------------------------------------
+    def update(self, batch: dict) -> dict[str, float]:
+        t = self.cfg.train
+        mask = batch["mask"]
+        adv = masked_whiten(batch["adv"], mask) if t.whiten_advantages else batch["adv"]
+        n = mask.shape[0]
+        gen = torch.Generator().manual_seed(self.seed(batch["iteration"], "minibatches"))
+        sums: dict[str, float] = {}
+        steps = 0
+        for _ in range(t.epochs):
+            order = torch.randperm(n, generator=gen)
+            for i in range(0, n, t.batch_size):
+                stats = self.train_minibatch(batch, adv, order[i:i + t.batch_size])
+                steps += 1
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        out = {k: v / max(steps, 1) for k, v in sums.items()}
+        out.update(self.batch_metrics(batch))
+        return out
+
+    def train_minibatch(self, batch: dict, adv: torch.Tensor, rows: torch.Tensor) -> dict[str, float]:
+        t, dev = self.cfg.train, self.device
+        micro = [rows[i:i + t.micro_batch_size] for i in range(0, len(rows), t.micro_batch_size)]
+        tokens = float(batch["mask"][rows].sum())
+        agg = {"loss": 0.0, "pg_loss": 0.0, "kl_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0}
+        for mrows in micro:
+            mask = batch["mask"][mrows].to(dev)
+            logp = self.logprobs(self.policy, batch, self.temperature, mrows, grad=True)
+            pg, st = clipped_surrogate(logp, batch["old_logp"][mrows].to(dev), adv[mrows].to(dev), mask, t.clip_eps)
+            kl = torch.zeros(())
+            if self.ref is not None:
+                kl = (k3_kl(logp, batch["ref_logp"][mrows].to(dev), t.kl_clamp) * mask).sum(-1).mean()
+            # Micro-batches add up to the minibatch loss: the surrogate is a token mean over the minibatch, the KL
+            # a mean over its sequences, so each part is weighted by this micro-batch's share of tokens / rows.
+            w_tok, w_seq = float(mask.sum()) / max(tokens, 1.0), len(mrows) / len(rows)
+            loss = w_tok * pg + t.kl_coef * w_seq * kl
+            if float(st["ratio"]) > t.ratio_threshold:  # a runaway minibatch is skipped, as in the authors' code
+                loss = loss * 0.0
+            loss.backward()
+            for k, v, w in (("loss", loss, 1.0), ("pg_loss", pg, w_tok), ("kl_loss", kl, w_seq),
+                            ("clip_frac", st["clip_frac"], w_tok), ("ratio", st["ratio"], w_tok)):
+                agg[k] += float(v) * w
+        agg["grad_norm"] = self.optimizer_step(self.policy, self.opt, self.sched)
+        agg["lr"] = self.sched.get_last_lr()[0]
+        self.counts["grad_steps"] += 1
+        return agg
+
+    def batch_metrics(self, batch: dict) -> dict[str, float]:
+        mask = batch["mask"]
+        out = {"train_reward": float(batch["rewards"].mean()),
+               "response_len": float(mask.sum(-1).mean()),
+               "finished": sum(x.finished for x in batch["samples"]) / len(batch["samples"]),
+               "adv_mean": float(masked_mean(batch["adv"], mask)),
+               "adv_abs": float(masked_mean(batch["adv"].abs(), mask))}
+        if "ref_logp" in batch:          # on-policy samples: sequence-level KL(pi || ref) = E[sum_t log pi - log ref]
+            out["kl"] = float(((batch["old_logp"] - batch["ref_logp"]) * mask).sum(-1).mean())
+            out["kl_k3"] = float(k3_kl(batch["old_logp"], batch["ref_logp"], None).mul(mask).sum(-1).mean())
+        return out

@@ -1,0 +1,104 @@
+"""PPO with a learned critic (the paper's main baseline).
+
+Critic = a copy of the starting model's body + a scalar value head (init N(0, 1/sqrt(hidden+1)), bias 0), trained
+by its own AdamW on the clipped value loss. values[t] = V(prompt + response tokens before token t); the reward
+(1 if the final answer is right, else 0) sits on the last response token; GAE with gamma = lambda = 1 (paper)
+makes A_t = R - V(s_t). The policy update is the shared one in algorithms/onpolicy.py.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from algorithms import register
+from algorithms.losses import clipped_value_loss, gae, masked_mean
+from algorithms.onpolicy import OnPolicy
+
+
+class Critic(torch.nn.Module):
+    def __init__(self, policy):
+        super().__init__()
+        self.body = copy.deepcopy(policy.get_decoder())
+        h = policy.config.hidden_size
+        self.head = torch.nn.Linear(h, 1)
+        torch.nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(h + 1))
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden[:, :-1]).squeeze(-1).float()   # aligned with targets: value of the state before
+
+
+@register("ppo")
+class PPO(OnPolicy):
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        gamma: float = Field(1.0, ge=0.0, le=1.0)
+        lam: float = Field(1.0, ge=0.0, le=1.0)
+        value_clip: float = Field(0.2, gt=0.0)
+        critic_lr: float | None = Field(None, gt=0.0, description="default: train.lr")
+
+    def __init__(self, cfg, policy, tokenizer, engine, task):
+        super().__init__(cfg, policy, tokenizer, engine, task)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed("critic_init"))
+            self.critic = Critic(policy).to(self.device)
+        self.critic_opt, self.critic_sched = self.make_optimizer(self.critic, self.opts.critic_lr)
+
+    def values(self, batch: dict, rows=None, grad: bool = False) -> torch.Tensor:
+        ids, attn = batch["input_ids"], batch["attention_mask"]
+        if rows is not None:
+            ids, attn = ids[rows], attn[rows]
+        with (torch.enable_grad() if grad else torch.no_grad()), self.autocast():
+            v = self.critic(ids.to(self.device), attn.to(self.device))
+        self.counts["train_tokens" if grad else "forward_tokens"] += int(attn.sum())
+        return v
+
+    def advantages(self, batch: dict) -> torch.Tensor:
+        mask = batch["mask"]
+        mb = self.cfg.train.micro_batch_size
+        values = torch.cat([self.values(batch, slice(i, i + mb)) for i in range(0, len(mask), mb)]) * mask
+        rewards = torch.zeros_like(mask)
+        last = (mask.cumsum(-1) * mask).argmax(-1)          # index of each row's last response token
+        rewards[torch.arange(len(mask)), last] = batch["rewards"]
+        adv, returns = gae(rewards, values, mask, self.opts.gamma, self.opts.lam)
+        batch["old_values"], batch["returns"] = values, returns
+        return adv
+
+    def train_minibatch(self, batch: dict, adv: torch.Tensor, rows: torch.Tensor) -> dict[str, float]:
+        stats = super().train_minibatch(batch, adv, rows)
+        t = self.cfg.train
+        tokens = float(batch["mask"][rows].sum())
+        vloss_total = 0.0
+        for i in range(0, len(rows), t.micro_batch_size):
+            mrows = rows[i:i + t.micro_batch_size]
+            mask = batch["mask"][mrows].to(self.device)
+            v = self.values(batch, mrows, grad=True)
+            vloss = clipped_value_loss(v, batch["old_values"][mrows].to(self.device),
+                                       batch["returns"][mrows].to(self.device), mask, self.opts.value_clip)
+            w = float(mask.sum()) / max(tokens, 1.0)
+            (vloss * w).backward()
+            vloss_total += float(vloss) * w
+        stats["value_loss"] = vloss_total
+        stats["critic_grad_norm"] = self.optimizer_step(self.critic, self.critic_opt, self.critic_sched)
+        return stats
+
+    def batch_metrics(self, batch: dict) -> dict[str, float]:
+        out = super().batch_metrics(batch)
+        mask = batch["mask"]
+        out["value_mean"] = float(masked_mean(batch["old_values"], mask))
+        out["value_mae"] = float(masked_mean((batch["old_values"] - batch["returns"]).abs(), mask))
+        return out
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "critic": self.critic.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "critic_sched": self.critic_sched.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        super().load_state_dict(sd)
+        self.critic.load_state_dict(sd["critic"])
+        self.critic_opt.load_state_dict(sd["critic_opt"])
+        self.critic_sched.load_state_dict(sd["critic_sched"])

@@ -1,0 +1,42 @@
+"""Supervised fine-tuning on the task's demonstrations: the starting checkpoint every RL method is compared from.
+One iteration = one optimizer step on `train.batch_size` demonstrations (negative log-likelihood, token mean)."""
+from __future__ import annotations
+
+import random
+
+
+from algorithms import register
+from algorithms.base import Algorithm
+from algorithms.losses import masked_mean
+
+
+@register("sft")
+class SFT(Algorithm):
+    def __init__(self, cfg, policy, tokenizer, engine, task):
+        super().__init__(cfg, policy, tokenizer, engine, task)
+        self.opt, self.sched = self.make_optimizer(policy)
+
+    def total_steps(self) -> int:
+        return self.cfg.train.iterations
+
+    def collect(self, iteration: int) -> dict:
+        problems = self.prompt_batch(iteration, self.cfg.train.batch_size)
+        rng = random.Random(self.seed(iteration, "demos"))
+        prompts = [self.engine.encode_prompt(self.task.prompt(p)) for p in problems]
+        targets = [self.encode(self.task.sft_target(p, rng)) + [self.tokenizer.eos_token_id] for p in problems]
+        return self.pad(prompts, targets)
+
+    def update(self, batch: dict) -> dict[str, float]:
+        t = self.cfg.train
+        n, tokens = len(batch["mask"]), float(batch["mask"].sum())
+        total = 0.0
+        for i in range(0, n, t.micro_batch_size):
+            rows = slice(i, i + t.micro_batch_size)
+            mask = batch["mask"][rows].to(self.device)
+            logp = self.logprobs(self.policy, batch, 1.0, rows, grad=True)
+            loss = -masked_mean(logp, mask) * float(mask.sum()) / tokens
+            loss.backward()
+            total += float(loss)
+        grad_norm = self.optimizer_step(self.policy, self.opt, self.sched)
+        self.counts["grad_steps"] += 1
+        return {"loss": total, "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0]}

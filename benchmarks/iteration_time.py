@@ -1,0 +1,76 @@
+"""Time per iteration of VinePPO vs PPO on the tiny task, and where the wall-clock goes.
+
+    python benchmarks/iteration_time.py [--sweep experiments/tiny.yaml] [--iterations 5] [--threads 2]
+
+Uses the configs of the sweep's RL group and the SFT checkpoint that `make tiny` trained (results/<name>/sft-*/final).
+Prints the median seconds per iteration (after one warm-up iteration) split into generation, MC rollouts, other
+collection work (log-probs, critic values, grading) and training, and the VinePPO / PPO ratio (goal: <= 1.5x).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import algorithms  # noqa: E402
+from harness import models, tasks  # noqa: E402
+from harness.config import load_sweep, output_dir  # noqa: E402
+from harness.engines.hf import HFEngine  # noqa: E402
+
+
+def measure(cfg, start: Path, iterations: int) -> list[dict]:
+    task = tasks.get(cfg.task["name"])(tasks.get(cfg.task["name"]).Config(**cfg.task))
+    tok, policy = models.load(cfg.model.model_copy(update={"init_run": None, "path": str(start)}))
+    engine = HFEngine(policy, tok, cfg.engine.chunk_size, progress=False)
+    algo = algorithms.get(cfg.algorithm)(cfg, policy, tok, engine, task)
+    rows = []
+    for it in range(iterations + 1):
+        t0 = time.perf_counter()
+        batch = algo.collect(it)
+        t1 = time.perf_counter()
+        algo.update(batch)
+        t2 = time.perf_counter()
+        st = engine.stats.pop()
+        gen, mc = st.seconds.get("generate", 0.0), st.seconds.get("mc_rollouts", 0.0)
+        if it > 0:                                   # iteration 0 is a warm-up
+            rows.append({"total": t2 - t0, "generate": gen, "mc_rollouts": mc, "other": t1 - t0 - gen - mc,
+                         "train": t2 - t1})
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep", default="experiments/tiny.yaml")
+    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--algorithms", default="ppo,vineppo")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    sweep, runs = load_sweep(a.sweep)
+    sft = [r for r in runs if r.cfg.algorithm == "sft"][0]
+    start = output_dir(sweep) / sft.id / "final"
+    if not (start / "config.json").exists():
+        print(f"error: no SFT checkpoint at {start}; run `make tiny` (or the sweep's sft group) first",
+              file=sys.stderr)
+        return 2
+    med = {}
+    for name in a.algorithms.split(","):
+        cfg = next(r.cfg for r in runs if r.cfg.algorithm == name)
+        rows = measure(cfg, start, a.iterations)
+        med[name] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        m = med[name]
+        shares = "  ".join(f"{k} {m[k]:.2f}s ({100 * m[k] / m['total']:.0f}%)"
+                           for k in ("generate", "mc_rollouts", "other", "train"))
+        print(f"{name:>8}: {m['total']:.2f} s/iter   {shares}   ({a.threads} threads, median of {a.iterations})")
+    if "ppo" in med and "vineppo" in med:
+        print(f"VinePPO / PPO time per iteration: {med['vineppo']['total'] / med['ppo']['total']:.2f}x (goal <= 1.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Configs: pydantic models (unknown keys rejected), YAML loading, grid expansion and run ids.
+
+A sweep YAML holds `defaults` (a partial RunConfig) and `groups`; each group expands `variants` x `grid` x `seeds`
+into runs. Keys may be dotted (`train.lr: 1e-5`). A group with `init_from: <group>` starts every run from the
+final checkpoint of that group's single run (the SFT stage), which is then a dependency, not a race.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """Where the starting policy comes from: the random tiny Llama (default), another run of the sweep
+    (`init_run`, set by `init_from`), a local HF directory (`path`), a hub id (`hub`), or a GGUF file."""
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    max_positions: int = Field(256, ge=16)
+    init_run: str | None = None
+    path: str | None = None
+    hub: str | None = None
+    revision: str | None = None
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        None, description="default: sdpa on GPU, eager on CPU")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("init_run", "path", "hub") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"model: give at most one of init_run/path/hub, got {given}")
+        return self
+
+    @property
+    def init(self) -> str:
+        return "pretrained" if (self.init_run or self.path or self.hub) else "tiny"
+
+    def source(self) -> str:
+        return self.path or self.hub
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(0.6, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(1024, ge=1)
+
+
+class TrainConfig(Strict):
+    iterations: int = Field(1000, ge=0)
+    prompts_per_iteration: int = Field(64, ge=1)
+    samples_per_prompt: int = Field(8, ge=1)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(64, ge=1, description="sequences per optimizer step")
+    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward (gradient accumulation)")
+    lr: float = Field(1e-6, gt=0.0)
+    schedule: Literal["linear", "constant"] = "linear"
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    clip_eps: float = Field(0.2, gt=0.0)
+    kl_coef: float = Field(1e-4, ge=0.0)
+    kl_clamp: float = Field(10.0, gt=0.0)
+    whiten_advantages: bool = True
+    ratio_threshold: float = Field(10.0, gt=1.0, description="skip a minibatch whose mean ratio exceeds this")
+    precision: Literal["fp32", "bf16"] = "bf16"
+    checkpoint_every: int = Field(10, ge=1, description="iterations between resumable checkpoints")
+
+
+class EvalConfig(Strict):
+    every: int = Field(10, ge=0, description="evaluate every N iterations (0: only at start and end)")
+    splits: list[str] = ["validation"]
+    final_splits: list[str] = ["validation", "test"]
+    samples: int = Field(16, ge=1, description="samples per problem; accuracy = mean over them (pass@1)")
+    temperature: float = Field(0.35, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    greedy: bool = True
+    max_problems: int | None = Field(None, ge=1)
+    at_start: bool = True
+
+
+class EngineConfig(Strict):
+    name: Literal["hf"] = "hf"
+    chunk_size: int = Field(1024, ge=1)
+
+
+class Resources(Strict):
+    """What one run asks a cluster for (used by the SLURM executor; ignored locally)."""
+    gpus: int = Field(0, ge=0)
+    cpus: int = Field(2, ge=1)
+    mem_gb: float = Field(8, gt=0)
+    time_min: int = Field(60, ge=1)
+
+
+class RunConfig(Strict):
+    algorithm: str
+    label: str | None = Field(None, description="legend/table name; defaults to the algorithm")
+    group: str = "run"
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch threads (0: cores / concurrent workers)")
+    task: dict[str, Any] = {"name": "arithmetic"}
+    model: ModelConfig = ModelConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    engine: EngineConfig = EngineConfig()
+    algo: dict[str, Any] = {}
+    resources: Resources = Resources()
+    progress: bool = True
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, v):
+        import algorithms
+        if v not in algorithms.names():
+            raise ValueError(f"unknown algorithm {v!r}; registered: {', '.join(algorithms.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _nested(self):
+        import algorithms
+        from harness import tasks
+        if "name" not in self.task:
+            raise ValueError("task.name is required")
+        self.__dict__["task"] = _validate_sub(tasks.get(self.task["name"]).Config, self.task, "task")
+        self.__dict__["algo"] = _validate_sub(algorithms.get(self.algorithm).Config, self.algo, "algo")
+        if self.label is None:
+            self.__dict__["label"] = self.algorithm
+        if self.train.micro_batch_size > self.train.batch_size:
+            self.__dict__["train"] = self.train.model_copy(update={"micro_batch_size": self.train.batch_size})
+        return self
+
+
+def _validate_sub(model_cls, data: dict, prefix: str) -> dict:
+    try:
+        return model_cls.model_validate(data).model_dump()
+    except ValidationError as e:
+        raise ValueError("; ".join(_fmt_error(err, prefix) for err in e.errors())) from None
+
+
+def _fmt_error(err: dict, prefix: str = "") -> str:
+    loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {loc!r}"
+    if "input" in err and not isinstance(err["input"], dict) and err["type"] != "missing":
+        return f"{loc}: {msg} (got {err['input']!r})" if loc else msg
+    return f"{loc}: {msg}" if loc else msg
+
+
+class GroupConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    init_from: str | None = None
+    seeds: list[int] | None = None
+    set: dict[str, Any] = {}
+    variants: list[dict[str, Any]] = [{}]
+    grid: dict[str, list[Any]] = {}
+
+
+class SweepConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: str | None = None
+    workers: int = Field(1, ge=1, description="runs executed concurrently by the local executor")
+    defaults: dict[str, Any] = {}
+    groups: list[GroupConfig]
+
+
+class ConfigError(Exception):
+    """A user mistake in a YAML file; printed without a traceback."""
+
+
+class Run(BaseModel):
+    id: str
+    cfg: RunConfig
+    depends_on: list[str] = []
+
+
+def set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"key {key!r}: {p!r} is not a mapping")
+    d[parts[-1]] = copy.deepcopy(value)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and "." not in k and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            set_dotted(out, k, v)
+    return out
+
+
+def config_hash(cfg: RunConfig) -> str:
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:6]
+
+
+def _short(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def expand(sweep: SweepConfig, where: str = "sweep") -> list[Run]:
+    """All runs of a sweep, validated. Raises ConfigError naming the group, variant, key and value."""
+    runs: list[Run] = []
+    by_group: dict[str, list[Run]] = {}
+    for gi, g in enumerate(sweep.groups):
+        if g.name in by_group:
+            raise ConfigError(f"{where}: groups[{gi}]: duplicate group name {g.name!r}")
+        parent = None
+        if g.init_from is not None:
+            if g.init_from not in by_group:
+                raise ConfigError(f"{where}: groups[{gi}] ({g.name}): init_from {g.init_from!r} is not an earlier group")
+            if len(by_group[g.init_from]) != 1:
+                raise ConfigError(f"{where}: groups[{gi}] ({g.name}): init_from {g.init_from!r} must have exactly one run")
+            parent = by_group[g.init_from][0]
+        by_group[g.name] = []
+        keys, values = list(g.grid), list(g.grid.values())
+        for vi, variant in enumerate(g.variants):
+            for combo in itertools.product(*values):
+                for seed in g.seeds or [None]:
+                    raw = merge(merge(sweep.defaults, g.set), variant)
+                    for k, v in zip(keys, combo):
+                        set_dotted(raw, k, v)
+                    raw["group"] = g.name
+                    if seed is not None:
+                        raw["seed"] = seed
+                    if parent is not None:
+                        set_dotted(raw, "model.init_run", parent.id)
+                    ctx = f"{where}: groups[{gi}] ({g.name})" + (f", variants[{vi}]" if len(g.variants) > 1 else "")
+                    try:
+                        cfg = RunConfig.model_validate(raw)
+                    except ValidationError as e:
+                        raise ConfigError(f"{ctx}: " + "; ".join(_fmt_error(x) for x in e.errors())) from None
+                    except (KeyError, ValueError) as e:
+                        raise ConfigError(f"{ctx}: {e}") from None
+                    tag = "-".join(f"{k.split('.')[-1]}{_short(v)}" for k, v in zip(keys, combo))
+                    label = cfg.label if cfg.label != g.name else ""
+                    rid = "-".join(x for x in (g.name, label, tag, f"s{cfg.seed}", config_hash(cfg)) if x)
+                    run = Run(id=rid, cfg=cfg, depends_on=[parent.id] if parent else [])
+                    by_group[g.name].append(run)
+                    runs.append(run)
+    ids = [r.id for r in runs]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ConfigError(f"{where}: identical runs {sorted(dup)} (two grid points resolve to the same config)")
+    return runs
+
+
+def load_sweep(path: str | Path) -> tuple[SweepConfig, list[Run]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        sweep = SweepConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: " + "; ".join(_fmt_error(x) for x in e.errors())) from None
+    return sweep, expand(sweep, str(path))
+
+
+def output_dir(sweep: SweepConfig) -> Path:
+    return Path(sweep.output_dir or f"results/{sweep.name}")
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    return RunConfig.model_validate(yaml.safe_load(Path(path).read_text()))

@@ -1,0 +1,82 @@
+"""Executors: run a sweep's pending runs through submitit, respecting dependencies (RL runs wait for their SFT run).
+
+`local` runs each run in its own subprocess, at most `workers` at a time, with cores // workers torch threads each
+(oversubscribing the cores halves throughput); `debug` runs them one by one in this process (pdb-friendly).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import submitit
+
+from harness.metrics import atomic_write, read_json, write_status
+from harness.run import execute
+
+
+def _threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=print) -> dict[str, str]:
+    """Execute `runs` (harness.config.Run, in dependency order). Returns {run id: final state}."""
+    workers = 1 if executor == "debug" else workers
+    threads = _threads(workers)
+    # A fresh log folder per invocation: job ids (pids, SLURM ids on a new cluster) repeat, and submitit would
+    # otherwise read a stale result file left by an earlier job with the same id.
+    ex = submitit.AutoExecutor(folder=out / "logs" / time.strftime("%Y%m%d-%H%M%S") / "%j", cluster=executor)
+    ex.update_parameters(timeout_min=max(r.cfg.resources.time_min for r in runs) * 10)   # local: a safety net only
+    ids = {r.id for r in runs}
+    pending = list(runs)
+    running: dict[str, tuple] = {}
+    states: dict[str, str] = {}
+    total, t_start = len(runs), time.time()
+    while pending or running:
+        for r in list(pending):                          # start whatever is ready, up to `workers`
+            if len(running) >= workers:
+                break
+            deps = [d for d in r.depends_on if d in ids]
+            if any(states.get(d) in ("failed", "blocked") for d in deps):
+                pending.remove(r)
+                states[r.id] = "blocked"
+                log(f"[sweep] blocked  {r.id}: a run it starts from failed")
+                continue
+            if any(states.get(d) != "done" for d in deps):
+                continue
+            pending.remove(r)
+            run_dir = out / r.id
+            write_status(run_dir, "queued", executor=executor)
+            job = ex.submit(execute, str(run_dir), threads)
+            atomic_write(run_dir / "job.json", json.dumps(
+                {"job_id": str(job.job_id), "executor": executor, "log": str(job.paths.stdout),
+                 "stderr": str(job.paths.stderr), "submitted": time.time()}, indent=1))
+            running[r.id] = (job, time.time())
+            log(f"[sweep] started  {r.id} ({executor} job {job.job_id}, {r.cfg.threads or threads} threads)")
+            if executor == "debug":
+                _wait(job)
+        for rid, (job, t0) in list(running.items()):
+            if not job.done():
+                continue
+            del running[rid]
+            err = _wait(job)
+            state = read_json(out / rid / "status.json", {}).get("state")
+            if err is not None or state != "done":
+                state = "failed"
+                write_status(out / rid, "failed", error=read_json(out / rid / "status.json", {}).get("error") or err)
+            states[rid] = state
+            log(f"[sweep] {state:<8} {rid} ({time.time() - t0:.0f}s; {len(states)}/{total}, "
+                f"{time.time() - t_start:.0f}s elapsed)" + ("" if state == "done" else f"\n         log: {job.paths.stdout}"))
+        if running:
+            time.sleep(0.5)
+    return states
+
+
+def _wait(job) -> str | None:
+    """The job's error line, or None if it succeeded."""
+    try:
+        job.result()
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure of a run is reported, not raised
+        return (str(e).strip().splitlines() or [type(e).__name__])[-1]

@@ -1,0 +1,80 @@
+"""Model and tokenizer loading: the embedded tiny char-level Llama, local HF dirs, hub ids and GGUF files.
+
+The tiny model is a real `transformers.LlamaForCausalLM` with random weights and a character tokenizer built with
+`tokenizers`, saved and reloaded as an ordinary HF tokenizer, so every code path (generation, offsets, save/load,
+lm-eval export) is the one a real model takes.
+"""
+from __future__ import annotations
+
+import copy
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+# Printable ASCII plus newline/tab: enough for the arithmetic task and for GSM8K/MATH text in tests.
+CHARS = [c for c in string.printable if c not in "\r\x0b\x0c"]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    # One token per character (`[\s\S]` also matches newlines); Fuse joins them back without separators.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_llama(tokenizer, hidden_size=128, layers=2, heads=4, intermediate_size=512, max_positions=256, seed=0):
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=max_positions, tie_word_embeddings=True,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, attention_dropout=0.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg)
+
+
+def load(mcfg, seed: int = 0):
+    """Return (tokenizer, model) for a `ModelConfig` (see harness/config.py)."""
+    # Eager attention on CPU: for small models the CPU SDPA kernels (bf16, padded batches) are ~1.5x slower.
+    attn = mcfg.attn_implementation or ("sdpa" if torch.cuda.is_available() else "eager")
+    if mcfg.init == "tiny":
+        tok = char_tokenizer()
+        model = tiny_llama(tok, mcfg.hidden_size, mcfg.layers, mcfg.heads, mcfg.intermediate_size,
+                           mcfg.max_positions, seed)
+        model.config._attn_implementation = attn
+    else:
+        src, kw = mcfg.source(), {}
+        if mcfg.gguf_file:
+            kw["gguf_file"] = mcfg.gguf_file
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, mcfg.dtype), revision=mcfg.revision,
+                                                     attn_implementation=attn, **kw)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    model.config.use_cache = True
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return tok, model
+
+
+def frozen_copy(model):
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def save(model, tokenizer, path: str | Path):
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def num_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

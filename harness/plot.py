@@ -1,0 +1,195 @@
+"""Regenerate figures and tables from what runs wrote (config.yaml + metrics.jsonl), nothing else.
+
+    python -m harness.plot results/tiny
+
+writes into the results directory:
+  results.csv                  tidy: one row per run x evaluation point
+  table.md                     per method: final test accuracy (mean +- 95% CI over seeds), greedy accuracy,
+                               grad steps and wall-clock to reach PPO's best validation accuracy
+  accuracy_vs_iteration.png    accuracy vs training iteration       (mean line, band = +-1 SD over seeds)
+  accuracy_vs_wallclock.png    accuracy vs training wall-clock seconds (evaluation excluded)
+  accuracy_vs_compute.png      accuracy vs estimated training FLOPs (2N per inference token, 6N per trained token)
+A run directory without readable files is skipped with a warning.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from harness.metrics import read_json, read_jsonl  # noqa: E402
+
+# The paper's column order (Table 1), then the v2 baselines; anything else follows alphabetically.
+ORDER = ["sft", "restem", "dpo", "ppo", "vineppo", "grpo", "rloo"]
+NAMES = {"sft": "SFT", "restem": "RestEM", "dpo": "DPO+", "ppo": "PPO", "vineppo": "VinePPO", "grpo": "GRPO",
+         "rloo": "RLOO"}
+COLORS = {"sft": "#7f7f7f", "restem": "#8c564b", "dpo": "#9467bd", "ppo": "#1f77b4", "vineppo": "#d62728",
+          "grpo": "#2ca02c", "rloo": "#ff7f0e"}
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+def load(results: Path) -> pd.DataFrame:
+    rows = []
+    for d in sorted(p for p in results.iterdir() if p.is_dir() and (p / "config.yaml").exists()):
+        try:
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            metrics = read_jsonl(d / "metrics.jsonl")
+        except (OSError, yaml.YAMLError) as e:
+            warnings.warn(f"skipping {d}: {e}")
+            continue
+        if not metrics:
+            warnings.warn(f"skipping {d}: no metrics rows")
+            continue
+        state = (read_json(d / "status.json", {}) or {}).get("state", "unknown")
+        last_train: dict = {}
+        for m in metrics:
+            if m.get("kind") == "train":
+                last_train = m
+            elif m.get("kind") == "eval":
+                rows.append({"run": d.name, "algorithm": cfg.get("algorithm"), "label": cfg.get("label"),
+                             "group": cfg.get("group"), "seed": cfg.get("seed"), "state": state,
+                             "total_iterations": cfg.get("train", {}).get("iterations"),
+                             "kl": last_train.get("kl"), "train_reward": last_train.get("train_reward"),
+                             **{k: m.get(k) for k in ("iteration", "grad_steps", "wall_s", "flops", "device_s",
+                                                      "tokens_generated", "split", "acc", "acc_greedy",
+                                                      "pass_at_n", "n_problems", "samples", "temperature")}})
+    return pd.DataFrame(rows)
+
+
+def label_order(labels) -> list[str]:
+    def key(lab):
+        base = lab.split("-")[0].lower()
+        return (ORDER.index(base) if base in ORDER else len(ORDER), lab)
+    return sorted(set(labels), key=key)
+
+
+def display(label: str) -> str:
+    base, _, rest = label.partition("-")
+    return NAMES.get(base.lower(), base) + (f" {rest}" if rest else "")
+
+
+def color(label: str, i: int) -> str:
+    return COLORS.get(label.split("-")[0].lower(), plt.get_cmap("tab10")(i % 10))
+
+
+def ci95(x) -> float:
+    x = np.asarray(x, dtype=float)
+    return T95.get(len(x) - 1, 1.96) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+
+
+def curve(df: pd.DataFrame, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and SD over seeds on a common x grid (runs are interpolated where their x values differ)."""
+    runs = [g.sort_values(x) for _, g in df.groupby("run")]
+    xs = np.unique(np.concatenate([g[x].to_numpy(float) for g in runs]))
+    xs = xs[xs <= min(g[x].max() for g in runs)]
+    ys = np.array([np.interp(xs, g[x].to_numpy(float), g["acc"].to_numpy(float)) for g in runs])
+    return xs, ys.mean(0), ys.std(0)
+
+
+def plot_axis(df: pd.DataFrame, split: str, x: str, xlabel: str, path: Path, logx: bool = False) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    d = df[df.split == split]
+    for i, lab in enumerate(label_order(d.label)):
+        g = d[d.label == lab]
+        if g.algorithm.iloc[0] == "sft":           # the start point of every RL method: a reference line
+            ax.axhline(g[g.iteration == g.iteration.max()].acc.mean(), color=color(lab, i), ls="--", lw=1,
+                       label=f"{display(lab)} (start)")
+            continue
+        xs, m, s = curve(g, x)
+        n = g.run.nunique()
+        ax.plot(xs, m, color=color(lab, i), label=f"{display(lab)} (n={n})", marker="o", ms=3)
+        ax.fill_between(xs, m - s, m + s, color=color(lab, i), alpha=0.2, lw=0)
+    if logx:
+        ax.set_xscale("symlog", linthresh=max(1.0, float(d[d[x] > 0][x].min() or 1)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{split} accuracy (mean over samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def final_rows(df: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Each finished run's evaluation at its last iteration on `split`."""
+    d = df[(df.split == split) & (df.state == "done")]
+    return d[d.iteration == d.total_iterations]
+
+
+def table(df: pd.DataFrame) -> str:
+    test = final_rows(df, "test")
+    val = df[df.split == "validation"]
+    ppo = val[(val.algorithm == "ppo") & (val.state == "done")]
+    target = None
+    if len(ppo):
+        target = ppo.groupby("iteration").acc.mean().max()
+    lines = ["| method | test acc (mean ± 95% CI) | greedy | seeds | iterations | grad steps | wall-clock s |"
+             + (f" grad steps to PPO best val ({target:.3f}) | wall-clock s to PPO best val |" if target else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if target else "")]
+    for lab in label_order(test.label):
+        g = test[test.label == lab]
+        acc = g.acc.to_numpy(float)
+        ci = ci95(acc)
+        greedy = g.acc_greedy.mean() if g.acc_greedy.notna().any() else float("nan")
+        row = (f"| {display(lab)} | {acc.mean():.3f} ± {ci:.3f} | {greedy:.3f} | {len(g)} | "
+               f"{int(g.iteration.mean())} | {int(g.grad_steps.mean())} | {g.wall_s.mean():.0f} |")
+        if target:
+            hits = []
+            if g.algorithm.iloc[0] != "sft":
+                for rid in g.run:
+                    v = val[(val.run == rid) & (val.acc >= target - 1e-12)].sort_values("iteration")
+                    if len(v):
+                        hits.append((v.grad_steps.iloc[0], v.wall_s.iloc[0]))
+            n = g.run.nunique()
+            if g.algorithm.iloc[0] == "sft":
+                row += " – | – |"
+            elif hits:
+                row += f" {np.mean([h[0] for h in hits]):.0f} ({len(hits)}/{n} seeds) | {np.mean([h[1] for h in hits]):.0f} |"
+            else:
+                row += f" not reached (0/{n}) | – |"
+        lines.append(row.replace("± nan", "").replace("nan", "–"))
+    notes = ["", f"Test accuracy: each run's evaluation after its last iteration; CI = t-interval over seeds. "
+                 f"Wall-clock excludes evaluation."]
+    return "\n".join(lines + notes) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.plot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", help="a sweep's results directory, e.g. results/tiny")
+    p.add_argument("--split", default=None, help="split for the curves (default: the one evaluated most often)")
+    a = p.parse_args(argv)
+    results = Path(a.results)
+    if not results.is_dir():
+        print(f"error: {results} is not a directory", file=sys.stderr)
+        return 2
+    df = load(results)
+    if df.empty:
+        print(f"error: no run in {results} has evaluation rows", file=sys.stderr)
+        return 2
+    df.to_csv(results / "results.csv", index=False)
+    split = a.split or df[df.algorithm != "sft"].split.value_counts().idxmax()
+    plot_axis(df, split, "iteration", "training iteration", results / "accuracy_vs_iteration.png")
+    plot_axis(df, split, "wall_s", "training wall-clock (s, evaluation excluded)",
+              results / "accuracy_vs_wallclock.png")
+    plot_axis(df, split, "flops", "estimated training FLOPs (2N/inference token + 6N/trained token)",
+              results / "accuracy_vs_compute.png", logx=True)
+    md = table(df)
+    (results / "table.md").write_text(md)
+    print(md)
+    print(f"wrote results.csv, table.md and 3 figures ({split} curves) to {results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

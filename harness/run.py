@@ -1,0 +1,187 @@
+"""One run: build everything from RUN_DIR/config.yaml, iterate collect -> update, evaluate, checkpoint, write metrics.
+
+    python -m harness.run RUN_DIR        (what the sweep's executors call, through `execute`)
+
+Files (see results/README.md): config.yaml (written by the sweep), metrics.jsonl (append-only), status.json,
+checkpoints/latest.pt (resumable: algorithm state + loop state + metrics row count), final/ (HF save_pretrained).
+A run found with a checkpoint resumes from it; every random draw depends only on (seed, iteration, purpose), so a
+resumed CPU run writes exactly the rows an uninterrupted one would (timing columns aside).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import algorithms
+from harness import models, tasks
+from harness.config import RunConfig, load_run_config
+from harness.engines.hf import HFEngine
+from harness.evaluate import evaluate
+from harness.metrics import MetricsLog, estimate_flops, read_json, write_status
+
+PHASES = ("generate", "mc_rollouts")
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, run_dir: Path):
+        self.cfg, self.dir = cfg, run_dir
+        self.run_id = run_dir.name
+        self.task = tasks.get(cfg.task["name"])(tasks.get(cfg.task["name"]).Config(**cfg.task))
+        mcfg = cfg.model
+        if mcfg.init_run:
+            start = run_dir.parent / mcfg.init_run / "final"
+            if not (start / "config.json").exists():
+                raise FileNotFoundError(f"{run_dir}: model.init_run {mcfg.init_run!r} has no final checkpoint at "
+                                        f"{start} (did that run finish?)")
+            mcfg = mcfg.model_copy(update={"init_run": None, "path": str(start)})
+        torch.manual_seed(cfg.seed)
+        self.tokenizer, self.policy = models.load(mcfg, seed=cfg.seed)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.policy.to(self.device)
+        self.n_params = models.num_params(self.policy)
+        self.engine = HFEngine(self.policy, self.tokenizer, cfg.engine.chunk_size, cfg.progress)
+        self.algo = algorithms.get(cfg.algorithm)(cfg, self.policy, self.tokenizer, self.engine, self.task)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.devices = max(1, torch.cuda.device_count()) if self.device.type == "cuda" else 1
+        # Loop state: everything a checkpoint must restore besides the algorithm.
+        self.state = {"iteration": 0, "wall_s": 0.0, "eval_s": 0.0, "tokens_generated": 0, "tokens_prompt": 0,
+                      "rows": 0}
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dir / "checkpoints" / "latest.pt"
+
+    def save_checkpoint(self) -> None:
+        self.state["rows"] = self.metrics.rows()
+        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        torch.save({"algo": self.algo.state_dict(), "loop": dict(self.state)}, tmp)
+        os.replace(tmp, self.ckpt_path)
+
+    def maybe_resume(self) -> None:
+        if self.ckpt_path.exists():
+            ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+            self.algo.load_state_dict(ck["algo"])
+            self.state = ck["loop"]
+            self.metrics.truncate(self.state["rows"])
+            print(f"[{self.run_id}] resumed at iteration {self.state['iteration']}", flush=True)
+        elif self.metrics.path.exists():
+            self.metrics.truncate(0)                        # started before but never checkpointed: start over
+
+    # --- metrics -----------------------------------------------------------------------------------------------
+    def compute_columns(self) -> dict:
+        c, s = self.algo.counts, self.state
+        inference = s["tokens_generated"] + s["tokens_prompt"] + c["forward_tokens"]
+        return {"iteration": s["iteration"], "grad_steps": c["grad_steps"], "wall_s": round(s["wall_s"], 3),
+                "eval_s": round(s["eval_s"], 3), "tokens_generated": s["tokens_generated"],
+                "tokens_trained": c["train_tokens"], "tokens_forward": c["forward_tokens"],
+                "flops": estimate_flops(self.n_params, inference, c["train_tokens"]),
+                "device_s": round(s["wall_s"] * self.devices, 3)}
+
+    def run_eval(self, splits) -> None:
+        for split in splits:
+            res = evaluate(self.engine, self.task, split, self.cfg.eval, self.cfg.sampling.max_new_tokens,
+                           seed=self.algo.seed(self.state["iteration"]))
+            self.engine.stats.pop()                         # evaluation compute is not training compute
+            self.state["eval_s"] += res["t_eval"]
+            row = {"kind": "eval", **self.compute_columns(), **res}
+            self.metrics.append(row)
+            greedy = f" greedy {res['acc_greedy']:.3f}" if "acc_greedy" in res else ""
+            print(f"[{self.run_id}] eval it {self.state['iteration']} {split}: acc {res['acc']:.3f}{greedy} "
+                  f"({res['t_eval']:.1f}s)", flush=True)
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.cfg
+        self.maybe_resume()
+        n_it, every = cfg.train.iterations, cfg.eval.every
+        log_every = max(1, n_it // 20)
+        while self.state["iteration"] < n_it:
+            it = self.state["iteration"]
+            if (it == 0 and cfg.eval.at_start) or (it > 0 and every and it % every == 0):
+                self.run_eval(cfg.eval.splits)
+            t0 = time.perf_counter()
+            batch = self.algo.collect(it)
+            t1 = time.perf_counter()
+            stats = self.algo.update(batch)
+            t2 = time.perf_counter()
+            eng = self.engine.stats.pop()
+            gen_s = {p: eng.seconds.get(p, 0.0) for p in PHASES}
+            self.state["iteration"] = it + 1
+            self.state["wall_s"] += t2 - t0
+            self.state["tokens_generated"] += sum(eng.new_tokens.values())
+            self.state["tokens_prompt"] += sum(eng.prompt_tokens.values())
+            row = {"kind": "train", **self.compute_columns(),
+                   **{f"t_{p}": round(v, 4) for p, v in gen_s.items()},
+                   "t_collect_other": round(t1 - t0 - sum(gen_s.values()), 4), "t_train": round(t2 - t1, 4),
+                   **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()}}
+            self.metrics.append(row)
+            if (it + 1) % log_every == 0 or it == 0:
+                print(f"[{self.run_id}] it {it + 1}/{n_it} " + " ".join(
+                    f"{k} {row[k]:.3g}" for k in ("train_reward", "loss", "kl", "value_loss") if k in row) +
+                    f" | gen {gen_s['generate']:.1f}s mc {gen_s['mc_rollouts']:.1f}s train {t2 - t1:.1f}s"
+                    f" | wall {self.state['wall_s']:.0f}s", flush=True)
+            if (it + 1) % cfg.train.checkpoint_every == 0 or it + 1 == n_it:
+                self.save_checkpoint()
+                write_status(self.dir, "running", iteration=it + 1, total=n_it)
+        if not self._final_eval_done():
+            self.run_eval(cfg.eval.final_splits)
+            self.save_checkpoint()
+        self.save_final()
+
+    def _final_eval_done(self) -> bool:
+        from harness.metrics import read_jsonl
+        done = {r["split"] for r in read_jsonl(self.metrics.path)
+                if r.get("kind") == "eval" and r["iteration"] == self.cfg.train.iterations}
+        return set(self.cfg.eval.final_splits) <= done
+
+    def save_final(self) -> None:
+        final, tmp = self.dir / "final", self.dir / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        models.save(self.policy, self.tokenizer, tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+
+
+def execute(run_dir: str | Path, threads: int | None = None) -> str:
+    """Run (or resume) the run in `run_dir`; the entry point every executor calls. Returns the final state."""
+    run_dir = Path(run_dir)
+    if read_json(run_dir / "status.json", {}).get("state") == "done":
+        return "done"
+    cfg = load_run_config(run_dir / "config.yaml")
+    threads = cfg.threads or threads or int(os.environ.get("HARNESS_THREADS", 0)) or os.cpu_count()
+    torch.set_num_threads(threads)
+    log = os.environ.get("HARNESS_LOG", "")
+    write_status(run_dir, "running", pid=os.getpid(), host=socket.gethostname(), threads=threads,
+                 job_id=os.environ.get("SLURM_JOB_ID"), log=log, started=time.time(), error=None)
+    try:
+        Runner(cfg, run_dir).run()
+    except BaseException as e:
+        msg = (traceback.format_exception_only(type(e), e)[-1].strip() or type(e).__name__)
+        write_status(run_dir, "failed", error=msg)
+        raise
+    write_status(run_dir, "done", finished=time.time())
+    return "done"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run directory holding config.yaml (made by harness.sweep)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    a = p.parse_args(argv)
+    execute(a.run_dir, a.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Task registry. A task knows its data, prompt format, step splitter and grader:
+
+    class Task:
+        Config: type[pydantic.BaseModel]          # options under `task:` in the YAML (besides `name`)
+        stop: tuple[str, ...]                      # stop strings for generation (EOS always stops)
+        def problems(self, split) -> list[dict]    # dicts with at least id, question, answer
+        def prompt(self, problem) -> str
+        def sft_target(self, problem, rng) -> str  # demonstration the SFT stage trains on
+        def split_steps(self, response) -> list[str]   # "".join(steps) == response, exactly
+        @staticmethod
+        def grade(response, answer) -> float       # 1.0 correct, 0.0 otherwise
+
+`get(name)` returns the class; `get(name).grade(response, answer)` works without building the task.
+"""
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {"arithmetic": "harness.tasks.arithmetic"}
+_TASKS: dict[str, type] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        _TASKS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def names() -> list[str]:
+    return sorted(set(_MODULES) | set(_TASKS))
+
+
+def get(name: str):
+    if name not in _TASKS and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(names())}")
+    return _TASKS[name]

@@ -1,0 +1,93 @@
+"""Config validation: every mistake is reported with file, key and value before anything runs or is written."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.config import ConfigError, load_sweep
+
+GOOD = """
+name: t
+defaults:
+  task: {name: arithmetic, n_train: 50, n_validation: 4, n_test: 4}
+groups:
+  - name: sft
+    set: {algorithm: sft, train.iterations: 2}
+  - name: rl
+    init_from: sft
+    seeds: [0, 1]
+    variants:
+      - {algorithm: ppo}
+      - {algorithm: vineppo, algo: {K: 3}}
+    grid: {train.lr: [1.0e-5, 3.0e-5]}
+"""
+
+
+def write(tmp_path, text, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_expansion_ids_and_dependencies(tmp_path):
+    sweep, runs = load_sweep(write(tmp_path, GOOD))
+    assert len(runs) == 1 + 2 * 2 * 2
+    sft, rl = runs[0], runs[1:]
+    assert all(r.depends_on == [sft.id] and r.cfg.model.init_run == sft.id for r in rl)
+    assert len({r.id for r in runs}) == len(runs)
+    assert {r.cfg.algo.get("K") for r in rl if r.cfg.algorithm == "vineppo"} == {3}
+    assert sorted({r.cfg.train.lr for r in rl}) == [1e-5, 3e-5]
+    assert any("lr1e-05" in r.id for r in rl)
+    # ids are stable: same YAML, same ids
+    assert [r.id for r in load_sweep(write(tmp_path, GOOD, "again.yaml"))[1]] == [r.id for r in runs]
+
+
+@pytest.mark.parametrize("patch,needles", [
+    (("algorithm: ppo", "algorithm: ppoo"), ["s.yaml", "rl", "unknown algorithm 'ppoo'"]),
+    (("train.iterations: 2", "train.iterationz: 2"), ["s.yaml", "sft", "train.iterationz"]),
+    (("train.iterations: 2", "train.iterations: many"), ["s.yaml", "train.iterations", "'many'"]),
+    (("algo: {K: 3}", "algo: {K: 0}"), ["s.yaml", "variants[1]", "algo.K", "0"]),
+    (("algo: {K: 3}", "algo: {k: 3}"), ["s.yaml", "algo.k"]),
+    (("n_test: 4}", "n_test: 4, noise: 2}"), ["s.yaml", "task.noise", "2"]),
+    (("init_from: sft", "init_from: sfx"), ["s.yaml", "init_from 'sfx'"]),
+    (("name: t\n", "name: t\nworkerz: 3\n"), ["s.yaml", "workerz"]),
+])
+def test_bad_input_names_file_key_value(tmp_path, patch, needles):
+    text = textwrap.dedent(GOOD).replace(*patch)
+    assert text != textwrap.dedent(GOOD)
+    with pytest.raises(ConfigError) as e:
+        load_sweep(write(tmp_path, text))
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=cwd, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": "/usr/bin:/bin",
+                               "HF_HUB_OFFLINE": "1"})
+
+
+def test_cli_rejects_bad_sweep_before_writing_anything(tmp_path):
+    bad = write(tmp_path, GOOD.replace("algorithm: ppo", "algorithm: nope"))
+    r = run_cli(str(bad), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "unknown algorithm 'nope'" in r.stderr and "s.yaml" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_dry_run_prints_resolved_configs_and_writes_nothing(tmp_path):
+    good = write(tmp_path, GOOD)
+    r = run_cli(str(good), "--dry-run", "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("--- ") == 9 and "clip_eps: 0.2" in r.stdout and "K: 3" in r.stdout
+    assert "starts from sft-s0-" in r.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_sweep(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_sweep(write(tmp_path, "name: [unclosed"))

@@ -1,0 +1,109 @@
+"""VinePPO's estimator on a hand-built tree: a scripted policy whose continuation from each state is correct with a
+known probability, so V(s) is known exactly and the token advantages can be written down."""
+import pytest
+import torch
+
+import algorithms
+from algorithms.base import token_char_offsets
+from harness.config import RunConfig
+from harness.engines.hf import Sample
+from harness.models import tiny_llama
+from harness.tasks import get
+
+RESPONSE = "1a+1=2;2b+3=5;#5"                    # steps: "1a+1=2;" "2b+3=5;" "#5"
+# V of each state (response prefix) under the scripted policy, with K = 4 rollouts
+VALUES = {"": 0.5, "1a+1=2;": 0.25, "1a+1=2;2b+3=5;": 1.0, "1a+1=2;2b+3=4;": 0.0}
+
+
+class ScriptedEngine:
+    """Answers generate() from a value table: of K continuations of a state, round(V*K) end in the right answer."""
+
+    def __init__(self, tok, prompt_len):
+        self.tokenizer, self.prompt_len, self.calls = tok, prompt_len, []
+
+    def encode_prompt(self, text):
+        return [self.tokenizer.bos_token_id] + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seed, tag):
+        self.calls.append((tag, len(prompts), n))
+        out = []
+        for i, p in enumerate(prompts):
+            prefix = self.tokenizer.decode(p[self.prompt_len:], skip_special_tokens=True)
+            # With BPE a state can end inside a step (a token crossing the boundary belongs to the earlier step):
+            # it is the state of the longest step prefix it extends.
+            good = round(VALUES[max((k for k in VALUES if prefix.startswith(k)), key=len)] * n)
+            for j in range(n):
+                text = RESPONSE[len(prefix):] if j < good else "#4"
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                out.append(Sample(i, ids, text, True))
+        return out
+
+
+def build(tok, samples_texts, K=4, max_states=None):
+    T = get("arithmetic")
+    task = T(T.Config(n_train=10, n_validation=1, n_test=1))
+    cfg = RunConfig.model_validate({"algorithm": "vineppo", "algo": {"K": K, "max_states": max_states},
+                                    "train": {"kl_coef": 0.0}})
+    problem = {"id": "p", "question": "1a+1b+3=", "answer": "5"}
+    prompt_ids = [tok.bos_token_id] + tok(problem["question"], add_special_tokens=False)["input_ids"]
+    engine = ScriptedEngine(tok, len(prompt_ids))
+    algo = algorithms.get("vineppo")(cfg, tiny_llama(tok), tok, engine, task)
+    samples = []
+    for text in samples_texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        samples.append(Sample(0, ids, text, True))
+    batch = algo.pad([prompt_ids] * len(samples), [s.token_ids for s in samples])
+    rewards = [task.grade(s.text, "5") for s in samples]
+    batch.update(samples=samples, problems=[problem], prompts=[prompt_ids], iteration=0,
+                 rewards=torch.tensor(rewards))
+    return algo, engine, batch, len(prompt_ids)
+
+
+def token_advantages(batch, row, prompt_len):
+    return batch["_adv"][row, prompt_len - 1:prompt_len - 1 + int(batch["mask"][row].sum())].tolist()
+
+
+@pytest.mark.parametrize("tok_name", ["char_tok", "bpe_tok"])
+def test_step_advantages_on_tokens(tok_name, request):
+    tok = request.getfixturevalue(tok_name)
+    algo, engine, batch, plen = build(tok, [RESPONSE, "1a+1=2;2b+3=4;#4"])
+    batch["_adv"] = algo.advantages(batch)
+    # correct response: A0 = V1 - V0 = -0.25, A1 = V2 - V1 = 0.75, A2 = R - V2 = 0
+    expect_step = [-0.25, 0.75, 0.0]
+    ids = batch["samples"][0].token_ids
+    offsets = token_char_offsets(tok, ids[:-1])
+    bounds = [0, 7, 14]
+    expect = [expect_step[max(i for i, b in enumerate(bounds) if b <= o)] for o in offsets] + [expect_step[-1]]
+    assert token_advantages(batch, 0, plen) == pytest.approx(expect)
+    # the wrong response shares s0 and s1 with it; its s2 has V = 0: A = [-0.25, 0 - 0.25, R - 0 = 0]
+    expect_wrong = [[-0.25, -0.25, 0.0][max(i for i, b in enumerate(bounds) if b <= o)]
+                    for o in token_char_offsets(tok, batch["samples"][1].token_ids[:-1])] + [0.0]
+    assert token_advantages(batch, 1, plen) == pytest.approx(expect_wrong)
+    assert engine.calls == [("mc_rollouts", 4, 4)]     # s0, s1 shared: 4 unique states of 6
+
+
+def test_dedup_and_rollouts_never_trained_on(char_tok):
+    algo, engine, batch, plen = build(char_tok, [RESPONSE, RESPONSE, RESPONSE])
+    adv = algo.advantages(batch)
+    # three identical responses -> 3 unique states, rolled out once each with K = 4
+    assert engine.calls == [("mc_rollouts", 3, 4)]
+    assert batch["vine"]["states"] == 3 and batch["vine"]["state_refs"] == 9
+    assert adv.shape == batch["mask"].shape          # only the sampled responses carry advantages
+    assert torch.equal(adv[0], adv[1])
+
+
+def test_max_states_backfills_with_the_return(char_tok):
+    algo, engine, batch, plen = build(char_tok, [RESPONSE], max_states=1)
+    batch["_adv"] = algo.advantages(batch)
+    # only V(s0)=0.5 is estimated; V(s1)=V(s2)=R=1 back-filled: A0 = 1 - .5, A1 = A2 = 0
+    adv = token_advantages(batch, 0, plen)
+    assert adv[:7] == pytest.approx([0.5] * 7) and adv[7:] == pytest.approx([0.0] * (len(adv) - 7))
+    assert engine.calls == [("mc_rollouts", 1, 4)]
+
+
+def test_offsets_on_bpe_cross_boundary_tokens(bpe_tok):
+    ids = bpe_tok(RESPONSE, add_special_tokens=False)["input_ids"]
+    offs = token_char_offsets(bpe_tok, ids)
+    assert offs[0] == 0 and offs == sorted(offs) and len(ids) < len(RESPONSE)   # multi-char tokens
+    pieces = [bpe_tok.decode([i]) for i in ids]
+    assert all(RESPONSE[o:o + len(p)] == p for o, p in zip(offs, pieces))
