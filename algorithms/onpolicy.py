@@ -102,7 +102,7 @@ class OnPolicy(Algorithm):
             loss.backward()
             for k, v, w in (("loss", loss, 1.0), ("pg_loss", pg, w_tok), ("kl_loss", kl, w_seq),
                             ("clip_frac", st["clip_frac"], w_tok), ("ratio", st["ratio"], w_tok)):
-                agg[k] += float(v) * w
+                agg[k] += float(v.detach()) * w
         agg["grad_norm"] = self.optimizer_step(self.policy, self.opt, self.sched)
         agg["lr"] = self.sched.get_last_lr()[0]
         self.counts["grad_steps"] += 1

@@ -36,7 +36,7 @@ class SFT(Algorithm):
             logp = self.logprobs(self.policy, batch, 1.0, rows, grad=True)
             loss = -masked_mean(logp, mask) * float(mask.sum()) / tokens
             loss.backward()
-            total += float(loss)
+            total += loss.item()
         grad_norm = self.optimizer_step(self.policy, self.opt, self.sched)
         self.counts["grad_steps"] += 1
         return {"loss": total, "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0]}

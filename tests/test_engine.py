@@ -26,6 +26,22 @@ def test_greedy_matches_transformers_generate(char_tok):
         assert s.text == char_tok.decode(s.token_ids, skip_special_tokens=True)
 
 
+def test_shared_prefix_prefill_matches_separate_generation(char_tok):
+    eng = engine(char_tok, chunk=5)
+    base = eng.encode_prompt("3a+4b*2=")
+    prompts = [base, base + char_tok("7", add_special_tokens=False)["input_ids"],
+               base + char_tok("7;7b", add_special_tokens=False)["input_ids"], eng.encode_prompt("9a-1="),
+               base + char_tok("5", add_special_tokens=False)["input_ids"], base]
+    leaves, leaf_of = eng._roots(prompts)
+    assert sorted(prompts[i] for i in leaves) == sorted([prompts[2], prompts[3], prompts[4]])
+    for p, k in zip(prompts, leaf_of):
+        assert prompts[leaves[k]][:len(p)] == p
+    shared = eng.generate(prompts, n=2, temperature=0.0, max_new_tokens=10)
+    for i, p in enumerate(prompts):
+        alone = eng.generate([p], n=1, temperature=0.0, max_new_tokens=10)[0]
+        assert shared[2 * i].token_ids == alone.token_ids == shared[2 * i + 1].token_ids
+
+
 def test_order_counts_budgets_and_seeds(char_tok):
     eng = engine(char_tok, chunk=3)                      # several chunks
     prompts = [eng.encode_prompt(p) for p in PROMPTS]

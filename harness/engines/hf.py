@@ -1,9 +1,10 @@
 """HF generation engine: batched sampling with a KV cache on the training model itself (no weight sync needed).
 
-A plain decode loop instead of `model.generate` because the RL workloads here are many short, ragged requests:
-requests are sorted by prompt length into chunks (little left padding), each row stops at EOS, a stop string or
-its own token budget, and finished rows are dropped from the batch and the KV cache as they finish, so a chunk
-costs what its live rows cost rather than what its longest row costs.
+A plain decode loop instead of `model.generate` because the RL workloads here are many short, ragged requests
+with shared prefixes (K rollouts of a state; the nested step states of one response): prompts that are prefixes of
+other prompts in a chunk get their keys/values from one shared prefill (prefix caching), each row stops at EOS, a
+stop string or its own token budget, and finished rows are dropped from the batch and the KV cache (in batches,
+once a quarter has finished), so a chunk costs about what its live rows cost, not what its longest row costs.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -34,6 +36,43 @@ class EngineStats:
         out = EngineStats(self.seconds, self.new_tokens, self.prompt_tokens)
         self.seconds, self.new_tokens, self.prompt_tokens = defaultdict(float), defaultdict(int), defaultdict(int)
         return out
+
+
+class BufferedLayer(DynamicLayer):
+    """A KV-cache layer that appends into preallocated room (doubling when full) instead of concatenating the whole
+    cache at every decode step, which made copies the largest cost of short-sequence decoding on CPU."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        self.n = keys.shape[-2]
+        self.buf_k = self._alloc(keys, self.n + room)
+        self.buf_v = self._alloc(values, self.n + room)
+        self.device, self.is_initialized = keys.device, True
+        self._views()
+
+    @staticmethod
+    def _alloc(t: torch.Tensor, cap: int) -> torch.Tensor:
+        out = t.new_empty(t.shape[:-2] + (cap, t.shape[-1]))
+        out[..., :t.shape[-2], :] = t
+        return out
+
+    def _views(self):
+        self.keys, self.values = self.buf_k[..., :self.n, :], self.buf_v[..., :self.n, :]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        q = key_states.shape[-2]
+        if self.n + q > self.buf_k.shape[-2]:
+            self.buf_k = self._alloc(self.keys, 2 * (self.n + q))
+            self.buf_v = self._alloc(self.values, 2 * (self.n + q))
+        self.buf_k[..., self.n:self.n + q, :] = key_states
+        self.buf_v[..., self.n:self.n + q, :] = value_states
+        self.n += q
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        self.buf_k, self.buf_v = self.buf_k[indices], self.buf_v[indices]
+        self._views()
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -72,7 +111,8 @@ class HFEngine:
         t0 = time.perf_counter()
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         rows = [(i, j) for i in range(len(prompts)) for j in range(n) if budgets[i] > 0]
-        rows.sort(key=lambda r: len(prompts[r[0]]))    # length bucketing: neighbours have similar prompt lengths
+        # Lexicographic order: a chunk holds the nested step prefixes of the same responses (shared prefill).
+        rows.sort(key=lambda r: prompts[r[0]])
         gen = torch.Generator().manual_seed(seed)
         out: dict[tuple[int, int], Sample] = {}
         was_training = self.model.training
@@ -108,45 +148,85 @@ class HFEngine:
                 ids = ids[:cut] + [eos]
         return Sample(prompt_index, ids, text, finished)
 
-    def _decode_chunk(self, prompts, budgets, temperature, top_p, stop, gen) -> list[list[int]]:
-        model, tok = self.model, self.tokenizer
-        dev = next(model.parameters()).device
-        B, L = len(prompts), max(len(p) for p in prompts)
-        pad = tok.pad_token_id
-        ids = torch.full((B, L), pad, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        for b, p in enumerate(prompts):                 # left padding
-            ids[b, L - len(p):] = torch.tensor(p)
-            attn[b, L - len(p):] = 1
-        ids, attn = ids.to(dev), attn.to(dev)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    @staticmethod
+    def _roots(prompts: list[list[int]]) -> tuple[list[int], list[int]]:
+        """Indices of the prompts that are no other prompt's prefix ("leaves"), and for every prompt a leaf that
+        extends it. In lexicographic order a prompt's extensions follow it contiguously, and the last of that
+        block is a leaf."""
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        leaf_of = [0] * len(prompts)
+        for a, i in enumerate(order):
+            q, j = prompts[i], a
+            while j + 1 < len(order) and prompts[order[j + 1]][:len(q)] == q:
+                j += 1
+            leaf_of[i] = order[j]
+        leaves = sorted(set(leaf_of))
+        pos = {leaf: k for k, leaf in enumerate(leaves)}
+        return leaves, [pos[leaf_of[i]] for i in range(len(prompts))]
+
+    def _prefill(self, prompts: list[list[int]], budgets: list[int]):
+        """Prefix-shared prefill: run only the leaf prompts (right-padded, one forward), then give every row the
+        first len(prompt) keys/values of its leaf, left-aligned into a left-padded cache. The K rollouts of a state
+        and all the nested step states of one response cost one forward pass together."""
+        model, dev = self.model, next(self.model.parameters()).device
+        leaves, leaf_idx = self._roots(prompts)
+        Lr = max(len(prompts[i]) for i in leaves)
+        ids = torch.full((len(leaves), Lr), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(leaves), Lr), dtype=torch.long)
+        for k, i in enumerate(leaves):
+            ids[k, :len(prompts[i])] = torch.tensor(prompts[i])
+            mask[k, :len(prompts[i])] = 1
+        leaf_cache = DynamicCache()
+        hidden = model.get_decoder()(input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=leaf_cache,
+                                     use_cache=True).last_hidden_state
+        lens = torch.tensor([len(p) for p in prompts])
+        L = int(lens.max())
+        rows = torch.tensor(leaf_idx)
+        # Llama-family heads: logits = lm_head(final hidden state) at each row's last prompt position.
+        logits = model.get_output_embeddings()(hidden[rows.to(dev), (lens - 1).to(dev)])
+        src = torch.arange(L)[None, :] - (L - lens)[:, None]         # leaf position of each padded slot
+        valid = src >= 0
+        src = src.clamp(min=0)
+        layers = []
+        for layer in leaf_cache.layers:
+            kv = []
+            for t in (layer.keys, layer.values):                       # [leaves, heads, Lr, dim]
+                g = t.permute(0, 2, 1, 3)[rows[:, None].to(dev), src.to(dev)]   # [B, L, heads, dim]
+                kv.append((g * valid[..., None, None].to(dev, g.dtype)).permute(0, 2, 1, 3))
+            layers.append(BufferedLayer(kv[0], kv[1], room=max(budgets)))
         cache = DynamicCache()
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                       use_cache=True).logits[:, -1]
-        live = torch.arange(B)                          # original row of each live batch row
+        cache.layers = layers
+        return cache, valid.long().to(dev), logits, lens.clone()
+
+    def _decode_chunk(self, prompts, budgets, temperature, top_p, stop, gen) -> list[list[int]]:
+        tok, dev = self.tokenizer, next(self.model.parameters()).device
+        B = len(prompts)
+        cache, attn, logits, next_pos = self._prefill(prompts, budgets)
+        live = torch.arange(B)                          # original row of each batch row
+        alive = torch.ones(B, dtype=torch.bool)         # batch rows still generating
         budget = torch.tensor(budgets)
         buf = torch.full((B, int(budget.max())), -1, dtype=torch.long)
-        next_pos = pos[:, -1].cpu() + 1
         eos = tok.eos_token_id
         max_stop = max((len(s) for s in stop), default=0)
         step = 0
-        while len(live):
+        while True:
             nxt = sample_tokens(logits, temperature, top_p, gen).cpu()
-            buf[live, step] = nxt
+            buf[live[alive], step] = nxt[alive]
             step += 1
             done = (nxt == eos) | (budget[live] <= step)
-            if max_stop:                                # stop strings: decode only the tail of each live row
-                tails = tok.batch_decode(buf[live, max(0, step - max_stop):step].tolist())
+            if max_stop:                                # stop strings: decode only the tail of each row
+                tails = tok.batch_decode(buf[live, max(0, step - max_stop):step].clamp(min=0).tolist())
                 done |= torch.tensor([any(s in t for s in stop) for t in tails])
-            if done.all():
+            alive &= ~done
+            if not alive.any():
                 break
-            if done.any():                              # drop finished rows from the batch and the cache
-                keep = (~done).nonzero().squeeze(-1)
-                live, nxt, next_pos, attn = live[keep], nxt[keep], next_pos[keep], attn[keep.to(dev)]
+            if (~alive).sum() * 4 >= len(alive):        # compact once a quarter of the rows has finished
+                keep = alive.nonzero().squeeze(-1)
+                live, nxt, next_pos, attn, alive = live[keep], nxt[keep], next_pos[keep], attn[keep.to(dev)], alive[keep]
                 cache.batch_select_indices(keep.to(dev))
             attn = torch.cat([attn, torch.ones((len(live), 1), dtype=attn.dtype, device=dev)], dim=1)
-            logits = model(input_ids=nxt.view(-1, 1).to(dev), attention_mask=attn,
-                           position_ids=next_pos.view(-1, 1).to(dev), past_key_values=cache,
-                           use_cache=True).logits[:, -1]
+            logits = self.model(input_ids=nxt.view(-1, 1).to(dev), attention_mask=attn,
+                                position_ids=next_pos.view(-1, 1).to(dev), past_key_values=cache,
+                                use_cache=True).logits[:, -1]
             next_pos = next_pos + 1
         return [[t for t in row if t >= 0] for row in buf.tolist()]
