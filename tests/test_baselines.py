@@ -71,9 +71,9 @@ class ScriptedEngine:
             for j in range(n):
                 ok = (i * n + j < good) if good is not None else self.correct(q, j)
                 text = f"#{self.answers[q]}" if ok else f"#{(int(self.answers[q]) + 1) % 10}"
-                if not ok and j == 3:               # one unfinished sample per prompt: it scores 0
-                    out.append(Sample(i, self.tokenizer(text + ";1", add_special_tokens=False)["input_ids"],
-                                      text + ";1", False))
+                if good is None and j == 3:         # ran out of budget with the right answer as text: scores 0
+                    text = f"#{self.answers[q]}"
+                    out.append(Sample(i, self.tokenizer(text, add_special_tokens=False)["input_ids"], text, False))
                     continue
                 out.append(Sample(i, self.tokenizer(text, add_special_tokens=False)["input_ids"]
                                   + [self.tokenizer.eos_token_id], text, True))
@@ -208,11 +208,18 @@ def restem_batch(algo, correct_rows):
 
 
 def test_restem_collect_keeps_only_correct_finished_samples(char_tok):
-    algo, eng = build("restem", char_tok, algo={"max_per_problem": 1})
+    # per problem: samples 0, 2 correct; 1 wrong; 3 unfinished (its text has the right answer, but it scores 0)
+    algo, eng = build("restem", char_tok)
     b = algo.collect(0)
-    assert b["info"]["train_reward"] == 0.5 and b["kept"] == 4 and b["info"]["kept_problems"] == 4   # cap 1 of 2
+    assert eng.calls == [("generate", 4, 4, algo.seed(0, "generate"))]
+    assert b["info"]["train_reward"] == 0.5 and b["kept"] == 8 and b["info"]["kept_problems"] == 4
     resp = [char_tok.decode(r[m.bool()].tolist()) for r, m in zip(b["input_ids"][:, 1:], b["mask"])]
-    assert all(r.startswith("#") and r.endswith("<eos>") and ";" not in r for r in resp)
+    assert all(r.endswith("<eos>") for r in resp)                         # finished ones only
+    answers = [eng.answers[char_tok.decode(r[1:m.bool().nonzero()[0, 0] + 1].tolist())] for r, m in
+               zip(b["input_ids"], b["mask"])]
+    assert [r.removesuffix("<eos>") for r in resp] == [f"#{a}" for a in answers]   # and correct ones only
+    capped, _ = build("restem", char_tok, algo={"max_per_problem": 1})
+    assert capped.collect(0)["kept"] == 4
 
 
 def test_restem_every_iteration_starts_from_the_starting_checkpoint(char_tok):
