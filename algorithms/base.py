@@ -53,6 +53,11 @@ class Algorithm:
         """Optimizer steps a full run plans (for the learning-rate schedule)."""
         raise NotImplementedError
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Rules across config sections (raise ValueError naming key and value); run by harness.config when the
+        sweep is validated, before any job starts."""
+
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                 "counts": dict(self.counts)}
@@ -72,6 +77,24 @@ class Algorithm:
         train = self.task.problems("train")
         n = min(n or self.cfg.train.prompts_per_iteration, len(train))
         return random.Random(self.seed(iteration, "prompts")).sample(train, n)
+
+    def sample(self, problems: list[dict], n: int, seed: int, tag: str = "generate"):
+        """`n` responses per problem with the training sampling parameters, graded (unfinished = 0).
+        Returns (prompt ids per problem, samples ordered by problem, rewards)."""
+        s = self.cfg.sampling
+        prompts = [self.engine.encode_prompt(self.task.prompt(p)) for p in problems]
+        samples = self.engine.generate(prompts, n=n, temperature=s.temperature, top_p=s.top_p,
+                                       max_new_tokens=s.max_new_tokens, stop=self.task.stop, seed=seed, tag=tag)
+        samples = [x if x.token_ids else x.__class__(x.prompt_index, [self.tokenizer.eos_token_id], "", False)
+                   for x in samples]               # an empty response still needs one token to carry its reward
+        rewards = [self.task.grade(x.text, problems[x.prompt_index]["answer"]) if x.finished else 0.0
+                   for x in samples]
+        return prompts, samples, rewards
+
+    def seq_logprobs(self, model, batch: dict, temperature: float, rows=None, grad: bool = False) -> torch.Tensor:
+        """Sequence log-probs [b]: the sum of the response tokens' log-probs."""
+        mask = batch["mask"] if rows is None else batch["mask"][rows]
+        return (self.logprobs(model, batch, temperature, rows, grad) * mask.to(self.device)).sum(-1)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -91,7 +91,7 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
     when the chosen response became less likely than under the reference:
         -log sigmoid(beta * (margin - dpop_lambda * max(0, ref_chosen - pi_chosen)))"""
     margin = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
-    penalty = (ref_chosen - pi_chosen).clamp(min=0.0)
+    penalty = F.relu(ref_chosen - pi_chosen)     # relu, not clamp: no gradient at equality (clamp passes it)
     return -F.logsigmoid(beta * (margin - dpop_lambda * penalty))
 
 

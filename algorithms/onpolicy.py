@@ -5,7 +5,8 @@ collect: sample `prompts_per_iteration` x `samples_per_prompt` responses, grade 
          old and reference log-probs, then the subclass's advantages.
 update:  `epochs` passes over the batch in shuffled minibatches of `batch_size` sequences:
          clipped surrogate (token mean) + kl_coef * k3 KL to the reference (clamped per token, summed over a
-         sequence's tokens, averaged over sequences), no entropy bonus, advantages whitened over the batch.
+         sequence's tokens, averaged over sequences), no entropy bonus, advantages whitened over the batch
+         (`train.whiten_advantages`; when null, the subclass's `whiten_default`: PPO/VinePPO yes, GRPO/RLOO no).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from harness.models import frozen_copy
 
 
 class OnPolicy(Algorithm):
+    whiten_default = True           # used when train.whiten_advantages is null (the default)
+
     def __init__(self, cfg, policy, tokenizer, engine, task):
         super().__init__(cfg, policy, tokenizer, engine, task)
         self.ref = frozen_copy(policy) if cfg.train.kl_coef > 0 else None
@@ -37,16 +40,9 @@ class OnPolicy(Algorithm):
 
     # --- collect -------------------------------------------------------------------------------------------
     def collect(self, iteration: int) -> dict:
-        s, t = self.cfg.sampling, self.cfg.train
         problems = self.prompt_batch(iteration)
-        prompts = [self.engine.encode_prompt(self.task.prompt(p)) for p in problems]
-        samples = self.engine.generate(prompts, n=t.samples_per_prompt, temperature=s.temperature, top_p=s.top_p,
-                                       max_new_tokens=s.max_new_tokens, stop=self.task.stop,
-                                       seed=self.seed(iteration, "generate"), tag="generate")
-        samples = [x if x.token_ids else x.__class__(x.prompt_index, [self.tokenizer.eos_token_id], "", False)
-                   for x in samples]               # an empty response still needs one token to carry its reward
-        rewards = [self.task.grade(x.text, problems[x.prompt_index]["answer"]) if x.finished else 0.0
-                   for x in samples]
+        prompts, samples, rewards = self.sample(problems, self.cfg.train.samples_per_prompt,
+                                                self.seed(iteration, "generate"))
         seq_prompts = [prompts[x.prompt_index] for x in samples]
         batch = self.pad(seq_prompts, [x.token_ids for x in samples])
         batch.update(samples=samples, problems=problems, prompts=prompts, iteration=iteration,
@@ -65,7 +61,8 @@ class OnPolicy(Algorithm):
     def update(self, batch: dict) -> dict[str, float]:
         t = self.cfg.train
         mask = batch["mask"]
-        adv = masked_whiten(batch["adv"], mask) if t.whiten_advantages else batch["adv"]
+        whiten = self.whiten_default if t.whiten_advantages is None else t.whiten_advantages
+        adv = masked_whiten(batch["adv"], mask) if whiten else batch["adv"]
         n = mask.shape[0]
         gen = torch.Generator().manual_seed(self.seed(batch["iteration"], "minibatches"))
         sums: dict[str, float] = {}

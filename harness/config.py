@@ -74,7 +74,8 @@ class TrainConfig(Strict):
     clip_eps: float = Field(0.2, gt=0.0)
     kl_coef: float = Field(1e-4, ge=0.0)
     kl_clamp: float = Field(10.0, gt=0.0)
-    whiten_advantages: bool = True
+    whiten_advantages: bool | None = Field(None, description="whiten advantages over the batch; null: the "
+                                           "algorithm's default (PPO, VinePPO: yes; GRPO, RLOO: no)")
     ratio_threshold: float = Field(10.0, gt=1.0, description="skip a minibatch whose mean ratio exceeds this")
     precision: Literal["fp32", "bf16"] = "bf16"
     checkpoint_every: int = Field(10, ge=1, description="iterations between resumable checkpoints")
@@ -137,6 +138,7 @@ class RunConfig(Strict):
             raise ValueError("task.name is required")
         self.__dict__["task"] = _validate_sub(tasks.get(self.task["name"]).Config, self.task, "task")
         self.__dict__["algo"] = _validate_sub(algorithms.get(self.algorithm).Config, self.algo, "algo")
+        algorithms.get(self.algorithm).check_config(self)      # cross-section rules, e.g. GRPO needs >= 2 samples
         if self.label is None:
             self.__dict__["label"] = self.algorithm
         if self.train.micro_batch_size > self.train.batch_size:

@@ -7,20 +7,22 @@ import time
 from algorithms.base import derive_seed
 
 
-def evaluate(engine, task, split: str, ecfg, max_new_tokens: int, seed: int) -> dict:
+def evaluate(engine, task, split: str, ecfg, max_new_tokens: int, seed: int, tag: str = "eval") -> dict:
+    """`tag` names the engine clock the generation time and tokens go to: "eval" is dropped by the run loop,
+    any other tag (e.g. RestEM's checkpoint selection) is counted as training cost."""
     problems = task.problems(split)[:ecfg.max_problems]
     prompts = [engine.encode_prompt(task.prompt(p)) for p in problems]
     t0 = time.perf_counter()
     out = {"split": split, "n_problems": len(problems), "samples": ecfg.samples, "temperature": ecfg.temperature}
     samples = engine.generate(prompts, n=ecfg.samples, temperature=ecfg.temperature, top_p=ecfg.top_p,
                               max_new_tokens=max_new_tokens, stop=task.stop, seed=derive_seed(seed, split, "eval"),
-                              tag="eval")
+                              tag=tag)
     correct = [task.grade(s.text, problems[s.prompt_index]["answer"]) if s.finished else 0.0 for s in samples]
     per_problem = [correct[i * ecfg.samples:(i + 1) * ecfg.samples] for i in range(len(problems))]
     out["acc"] = sum(correct) / max(len(correct), 1)
     out["pass_at_n"] = sum(max(c) for c in per_problem) / max(len(problems), 1)
     if ecfg.greedy:
-        g = engine.generate(prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop=task.stop, tag="eval")
+        g = engine.generate(prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop=task.stop, tag=tag)
         out["acc_greedy"] = sum(task.grade(s.text, p["answer"]) if s.finished else 0.0
                                 for s, p in zip(g, problems)) / max(len(problems), 1)
     out["t_eval"] = time.perf_counter() - t0

@@ -122,3 +122,23 @@ def test_grpo_group_normalisation_and_rloo_leave_one_out():
     loo = leave_one_out(r, g)
     assert torch.allclose(loo[:4], torch.tensor([1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3]))
     assert torch.allclose(loo[4:], torch.tensor([1 - 1 / 3, 1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3]))
+
+
+def test_dpop_penalty_switches_on_only_below_the_reference():
+    beta, lam = 0.5, 50.0
+    rc, rr, pr = torch.tensor(-10.0), torch.tensor(-12.0), torch.tensor(-12.0)
+    for pc, penalty in ((-9.0, 0.0), (-10.0, 0.0), (-10.5, 0.5), (-13.0, 3.0)):
+        pc = torch.tensor(pc, requires_grad=True)
+        margin = (pc.item() - rc.item()) - (pr.item() - rr.item())
+        expect = -math.log(1 / (1 + math.exp(-beta * (margin - lam * penalty))))
+        loss = dpo_loss(pc, pr, rc, rr, beta, lam)
+        assert math.isclose(float(loss), expect, rel_tol=1e-5), (pc, penalty)
+        loss.backward()
+        # d/d pc of -log sigmoid(beta * z) = -beta * sigmoid(-beta z) * dz/dpc, dz/dpc = 1 (+ lam below the ref)
+        z = margin - lam * penalty
+        slope = 1.0 + (lam if penalty > 0 else 0.0)
+        assert math.isclose(float(pc.grad), -beta / (1 + math.exp(beta * z)) * slope, rel_tol=1e-4), (pc, penalty)
+    # lambda = 0 is plain DPO, whatever the chosen log-prob does
+    pc = torch.tensor([-9.0, -13.0])
+    plain = -torch.nn.functional.logsigmoid(beta * ((pc - rc) - (pr - rr)))
+    assert torch.allclose(dpo_loss(pc, pr.expand(2), rc.expand(2), rr.expand(2), beta, 0.0), plain)
