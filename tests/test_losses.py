@@ -142,3 +142,4 @@ def test_dpop_penalty_switches_on_only_below_the_reference():
     pc = torch.tensor([-9.0, -13.0])
     plain = -torch.nn.functional.logsigmoid(beta * ((pc - rc) - (pr - rr)))
     assert torch.allclose(dpo_loss(pc, pr.expand(2), rc.expand(2), rr.expand(2), beta, 0.0), plain)
+

@@ -53,9 +53,14 @@ class Arithmetic:
         rng, seen, self._splits = random.Random(cfg.data_seed), set(), {}
         # Test first, then validation, then train: the evaluation sets do not change when n_train does.
         for split, n in (("test", cfg.n_test), ("validation", cfg.n_validation), ("train", cfg.n_train)):
-            out = []
+            out, misses = [], 0
             while len(out) < n:
                 p = self._make(rng)
+                misses = misses + 1 if p["question"] in seen else 0
+                if misses > 10_000:     # the space of distinct problems is (nearly) exhausted
+                    raise ValueError(f"task: cannot draw {cfg.n_test} + {cfg.n_validation} + {cfg.n_train} distinct "
+                                     f"problems with modulus={cfg.modulus}, ops={cfg.ops!r}, min_ops={cfg.min_ops}, "
+                                     f"max_ops={cfg.max_ops}; lower n_train/n_validation/n_test")
                 if p["question"] not in seen:
                     seen.add(p["question"])
                     p["id"] = f"{split}-{len(out)}"
