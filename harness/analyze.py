@@ -3,8 +3,9 @@
     python -m harness.analyze values results/tiny            # every PPO / VinePPO run of a sweep
     python -m harness.analyze values RUN_DIR... --gt-rollouts 256 --problems 32 --ranking-states 16
 
-Needs weight snapshots written during training (`train.keep_every: N` -> checkpoints/iter_XXXXXX.pt). For each
-snapshot of a run, with that snapshot's policy and the run's training sampling parameters:
+Analyzes a run's start (iteration 0), its weight snapshots written during training (`train.keep_every: N` ->
+checkpoints/iter_XXXXXX.pt) and, once it is done, its final weights (checkpoints/latest.pt). For each snapshot,
+with that snapshot's policy and the run's training sampling parameters:
   1. sample `samples` held-out responses for each of the first `problems` problems of `split`;
   2. take their step states s_0 .. s_{L-1} exactly as VinePPO does (s_0 = the bare prompt);
   3. ground truth V(s) = mean 0/1 reward of `gt_rollouts` continuations (the paper: 256), seeds independent of
@@ -140,18 +141,29 @@ def estimates(algo, states, problems, prompts, iteration, tag) -> list[float]:
 
 
 # --- one snapshot -------------------------------------------------------------------------------------------------
-def snapshots(run_dir: Path) -> dict[int, Path]:
-    return {int(p.stem.split("_")[1]): p for p in sorted((run_dir / "checkpoints").glob("iter_*.pt"))}
+def snapshots(run_dir: Path) -> dict[int, Path | None]:
+    """Weights to analyze, by iteration: the run's start (None: rebuilt exactly as the run built it, the critic
+    from its seeded initialization), every checkpoints/iter_XXXXXX.pt (`train.keep_every`) and, for a finished
+    run, the final weights in checkpoints/latest.pt."""
+    out: dict[int, Path | None] = {0: None}
+    out.update({int(p.stem.split("_")[1]): p for p in sorted((run_dir / "checkpoints").glob("iter_*.pt"))})
+    latest = run_dir / "checkpoints" / "latest.pt"
+    if latest.exists() and (read_json(run_dir / "status.json", {}) or {}).get("state") == "done":
+        it = torch.load(latest, map_location="cpu", weights_only=False)["loop"]["iteration"]
+        out.setdefault(it, latest)
+    return out
 
 
-def load_snapshot(run_dir: Path, path: Path):
+def load_snapshot(run_dir: Path, path: Path | None):
     """The run's algorithm object (built as the run built it) with the snapshot's policy and critic weights."""
     from harness.run import Runner
     runner = Runner(load_run_config(run_dir / "config.yaml"), run_dir)
-    snap = torch.load(path, map_location=runner.device, weights_only=False)
-    runner.policy.load_state_dict(snap["policy"])
-    if "critic" in snap:
-        runner.algo.critic.load_state_dict(snap["critic"])
+    if path is not None:
+        snap = torch.load(path, map_location=runner.device, weights_only=False)
+        snap = snap.get("algo", snap)                  # latest.pt holds the whole algorithm state
+        runner.policy.load_state_dict(snap["policy"])
+        if "critic" in snap:
+            runner.algo.critic.load_state_dict(snap["critic"])
     runner.engine.progress = False
     return runner.algo
 
@@ -224,8 +236,6 @@ def analyze_run(run_dir: Path, prm: dict, max_snapshots: int | None = None, iter
     if cfg.algorithm not in METHODS:
         raise ValueError(f"{run_dir}: algorithm {cfg.algorithm!r} has no value estimate (only {METHODS})")
     snaps = snapshots(run_dir)
-    if not snaps:
-        raise ValueError(f"{run_dir}: no weight snapshots (checkpoints/iter_*.pt); run it with train.keep_every: N")
     todo = pick(sorted(snaps), max_snapshots) if iterations is None else iterations
     missing = sorted(set(todo) - set(snaps))
     if missing:
@@ -253,7 +263,7 @@ def run_dirs(paths: list[str]) -> list[Path]:
         if (p / "config.yaml").exists():
             out.append(p)
         elif p.is_dir():
-            for d in sorted(x for x in p.iterdir() if (x / "config.yaml").exists() and snapshots(x)):
+            for d in sorted(x for x in p.iterdir() if (x / "config.yaml").exists()):
                 try:
                     if load_run_config(d / "config.yaml").algorithm in METHODS:
                         out.append(d)
@@ -289,7 +299,7 @@ def main(argv=None) -> int:
     try:
         dirs = run_dirs(a.paths)
         if not dirs:
-            print(f"error: no PPO / VinePPO run with weight snapshots in {a.paths}", file=sys.stderr)
+            print(f"error: no PPO / VinePPO run in {a.paths}", file=sys.stderr)
             return 2
         its = [int(x) for x in a.iterations.split(",")] if a.iterations else None
         for d in dirs:
