@@ -127,7 +127,7 @@ def plot_values(v: pd.DataFrame, raw: dict, out: Path) -> None:
     _save(fig, out / "value_mae.png")
 
     algs = [a for a in ("ppo", "vineppo") if a in set(v.algorithm)]
-    fig, axes = plt.subplots(1, len(algs), figsize=(4 * len(algs), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(algs), figsize=(4.2 * len(algs) + 1, 3.8), squeeze=False, layout="constrained")
     for ax, alg in zip(axes[0], algs):
         pts = [(r["gt"], r["pred"], it / max(r["total_iterations"], 1)) for (_, it), r in raw.items()
                if r["algorithm"] == alg]
@@ -136,7 +136,7 @@ def plot_values(v: pd.DataFrame, raw: dict, out: Path) -> None:
         prog = np.concatenate([[p[2]] * len(p[0]) for p in pts])
         sc = ax.scatter(gt, pred, c=prog, cmap="viridis", vmin=0, vmax=1, s=6, alpha=0.5)
         ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
-        ax.set(title=f"{NAMES[alg]}: MAE {np.abs(pred - gt).mean():.3f} ({len(gt)} states)",
+        ax.set(title=f"{NAMES[alg]}: MAE {np.abs(pred - gt).mean():.3f} ({len(gt)} states, all snapshots)",
                xlabel="ground-truth value (MC)", ylabel="predicted value", xlim=(-0.05, 1.05))
         ax.title.set_fontsize(9)
     fig.colorbar(sc, ax=axes[0].tolist(), label="training progress (fraction of iterations)")
@@ -192,10 +192,11 @@ def k_frame(results: Path) -> pd.DataFrame:
 def plot_k(k: pd.DataFrame, path: Path) -> None:
     g = k.groupby("K")
     Ks = np.array(sorted(k.K.unique()))
+    ticks = sorted(set(Ks) | set(PAPER_K["vineppo"]))
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(11, 3.4))
     a1.errorbar(Ks, g.acc.mean()[Ks], yerr=g.acc.std().fillna(0)[Ks], marker="o", color=COLORS["vineppo"],
                 capsize=3, label="ours: tiny task (test, T=1)")
-    a1.set(xscale="log", xticks=Ks, xticklabels=Ks, xlabel="K (MC rollouts per state)", ylabel="final test accuracy")
+    a1.set(xscale="log", xlabel="K (MC rollouts per state)", ylabel="final test accuracy")
     pk = sorted(PAPER_K["vineppo"])
     tw = a1.twinx()
     tw.plot(pk, [PAPER_K["vineppo"][x] for x in pk], marker="s", ls="--", color="k", label="paper: 1.1B MATH (%)")
@@ -203,17 +204,19 @@ def plot_k(k: pd.DataFrame, path: Path) -> None:
     tw.set_ylabel("paper test accuracy (%)")
     h = a1.get_legend_handles_labels()
     h2 = tw.get_legend_handles_labels()
-    a1.legend(h[0] + h2[0], h[1] + h2[1], fontsize=7, loc="lower right")
+    a1.legend(h[0] + h2[0], h[1] + h2[1], fontsize=7, loc="upper left")
     a2.errorbar(Ks, g.s_per_it.mean()[Ks], yerr=g.s_per_it.std().fillna(0)[Ks], marker="o", color="k",
                 capsize=3, label="total")
     a2.plot(Ks, g.mc_s_per_it.mean()[Ks], marker="o", color=COLORS["vineppo"], label="MC rollouts")
-    a2.set(xscale="log", xticks=Ks, xticklabels=Ks, xlabel="K", ylabel="seconds per iteration (shared machine)")
+    a2.set(xscale="log", xlabel="K", ylabel="seconds per iteration")
     a2.legend(fontsize=8)
     # Generated tokens (samples + MC rollouts) do not depend on the machine or its load: the cost in work.
     a3.errorbar(Ks, g.tokens_per_it.mean()[Ks] / 1e3, yerr=g.tokens_per_it.std().fillna(0)[Ks] / 1e3, marker="o",
                 color="k", capsize=3)
-    a3.set(xscale="log", xticks=Ks, xticklabels=Ks, xlabel="K", ylabel="generated tokens per iteration (k)")
+    a3.set(xscale="log", xlabel="K", ylabel="generated tokens per iteration (k)")
     for ax in (a1, a2, a3):
+        ax.minorticks_off()
+        ax.set(xticks=ticks, xticklabels=ticks, xlim=(min(ticks) / 1.3, max(ticks) * 1.3))
         ax.grid(alpha=0.3)
     _save(fig, path)
 
