@@ -270,6 +270,17 @@ def value_section(results: Path, L: list[str]) -> dict:
               f"{np.mean(out['ppo']['random'] + out['vineppo']['random']):.2f} on the same states (1/5 without GT "
               "ties). Ties: a tied maximum prediction picks uniformly among the tied steps; every GT-best step "
               "counts as right.", ""]
+    # Error vs position in the chain (paper: PPO's grows with the step index, VinePPO's shrinks), snapshots > 0.
+    by_step = {alg: {} for alg in out}
+    for r in (r for (_, it), r in raw.items() if it > 0):
+        for s, g, p in zip(r["step"], r["gt"], r["pred"]):
+            by_step[r["algorithm"]].setdefault(min(s, 8), []).append(abs(p - g))
+    steps = sorted({s for d in by_step.values() for s in d})
+    if steps:
+        L += ["MAE by step index of the state (snapshots > 0; 8 = 8 and later):", "",
+              "| method | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
+        L += [f"| {NAMES[a]} | " + " | ".join(_fmt(np.mean(d[s]) if s in d else None) for s in steps) + " |"
+              for a, d in by_step.items()] + [""]
     out["ratio"] = (np.mean(out["vineppo"]["mae"]) / np.mean(out["ppo"]["mae"])) if len(out) == 2 else None
     return out
 
