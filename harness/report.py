@@ -129,14 +129,17 @@ def plot_values(v: pd.DataFrame, raw: dict, out: Path) -> None:
     algs = [a for a in ("ppo", "vineppo") if a in set(v.algorithm)]
     fig, axes = plt.subplots(1, len(algs), figsize=(4.2 * len(algs) + 1, 3.8), squeeze=False, layout="constrained")
     for ax, alg in zip(axes[0], algs):
+        # Snapshots after iteration 0 (PPO's critic starts from a random head), unless there are no others.
+        later = any(it > 0 for (_, it), r in raw.items() if r["algorithm"] == alg)
         pts = [(r["gt"], r["pred"], it / max(r["total_iterations"], 1)) for (_, it), r in raw.items()
-               if r["algorithm"] == alg]
+               if r["algorithm"] == alg and (it > 0 or not later)]
         gt = np.concatenate([p[0] for p in pts])
         pred = np.concatenate([p[1] for p in pts])
         prog = np.concatenate([[p[2]] * len(p[0]) for p in pts])
         sc = ax.scatter(gt, pred, c=prog, cmap="viridis", vmin=0, vmax=1, s=6, alpha=0.5)
         ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
-        ax.set(title=f"{NAMES[alg]}: MAE {np.abs(pred - gt).mean():.3f} ({len(gt)} states, all snapshots)",
+        ax.set(title=f"{NAMES[alg]}: MAE {np.abs(pred - gt).mean():.3f} ({len(gt)} states"
+                     + (", snapshots > 0)" if later else ")"),
                xlabel="ground-truth value (MC)", ylabel="predicted value", xlim=(-0.05, 1.05))
         ax.title.set_fontsize(9)
     fig.colorbar(sc, ax=axes[0].tolist(), label="training progress (fraction of iterations)")
@@ -297,7 +300,7 @@ def write(results: Path, df: pd.DataFrame, split: str) -> Path:
     fin = {a: _final(df, a) for a in ("sft", "ppo", "vineppo")}
     for a in ("ppo", "vineppo"):
         if fin[a] and fin["sft"]:
-            L.append(f"- {NAMES[a]}: final test accuracy {_pm(fin[a])} over {len(fin[a])} seeds, "
+            L.append(f"- {NAMES[a]}: final test accuracy {_pm(fin[a])} (mean ± SD over {len(fin[a])} seeds), "
                      f"{np.mean(fin[a]) - np.mean(fin['sft']):+.3f} over the SFT start ({np.mean(fin['sft']):.3f}).")
     L.append("")
     vals = value_section(results, L)
