@@ -171,7 +171,10 @@ def load_snapshot(run_dir: Path, path: Path | None):
 def analyze_snapshot(algo, iteration: int, prm: dict) -> dict:
     t0 = time.perf_counter()
     task, tok, s = algo.task, algo.tokenizer, algo.cfg.sampling
-    problems = task.problems(prm["split"])[:prm["problems"]]
+    try:
+        problems = task.problems(prm["split"])[:prm["problems"]]
+    except KeyError:
+        raise ValueError(f"task {task.name!r} has no split {prm['split']!r}") from None
     prompts = [algo.engine.encode_prompt(task.prompt(p)) for p in problems]
     gen = dict(temperature=s.temperature, top_p=s.top_p, stop=task.stop)
     samples = algo.engine.generate(prompts, n=prm["samples"], max_new_tokens=s.max_new_tokens,
@@ -281,8 +284,13 @@ def main(argv=None) -> int:
     v = sub.add_parser("values", help="value-prediction analysis of PPO / VinePPO weight snapshots")
     v.add_argument("paths", nargs="+", help="run directories, or a sweep's results directory")
     v.add_argument("--split", default=DEFAULTS["split"], help="held-out split the responses come from")
-    for k in ("problems", "samples", "gt_rollouts", "ranking_states", "alternatives", "min_alternatives", "draws"):
-        v.add_argument("--" + k.replace("_", "-"), type=int, default=DEFAULTS[k], help=f"default {DEFAULTS[k]}")
+    helps = {"problems": "the first N problems of the split", "samples": "held-out responses per problem",
+             "gt_rollouts": "MC rollouts per state for the ground truth (paper: 256)",
+             "ranking_states": "states at which alternative next steps are ranked",
+             "alternatives": "distinct next steps ranked per state", "min_alternatives": "fewer: state skipped",
+             "draws": "continuations sampled per ranking state to find the alternatives"}
+    for k, h in helps.items():
+        v.add_argument("--" + k.replace("_", "-"), type=int, default=DEFAULTS[k], help=f"{h} (default {DEFAULTS[k]})")
     v.add_argument("--max-snapshots", type=int, default=None, help="analyze at most N snapshots per run (evenly "
                                                                    "spread, first and last kept)")
     v.add_argument("--iterations", default=None, help="comma-separated snapshot iterations to analyze (default: all)")
