@@ -273,6 +273,13 @@ def value_section(results: Path, L: list[str]) -> dict:
               f"{np.mean(out['ppo']['random'] + out['vineppo']['random']):.2f} on the same states (1/5 without GT "
               "ties). Ties: a tied maximum prediction picks uniformly among the tied steps; every GT-best step "
               "counts as right.", ""]
+    if "vineppo" in out:    # the error a K-rollout mean has from sampling alone, at the GT values: E|Bin(K, v)/K - v|
+        rs = [r for (_, it), r in raw.items() if r["algorithm"] == "vineppo" and it > 0 and r.get("K")]
+        noise = [np.mean([sum(math.comb(r["K"], k) * v ** k * (1 - v) ** (r["K"] - k) * abs(k / r["K"] - v)
+                              for k in range(r["K"] + 1)) for v in r["gt"]]) for r in rs]
+        if noise:
+            L += [f"- VinePPO's MAE expected from sampling K rollouts alone (an unbiased estimate): "
+                  f"{np.mean(noise):.3f}, measured {np.mean(out['vineppo']['mae']):.3f}.", ""]
     # Error vs position in the chain (paper: PPO's grows with the step index, VinePPO's shrinks), snapshots > 0.
     by_step = {alg: {} for alg in out}
     for r in (r for (_, it), r in raw.items() if it > 0):

@@ -81,6 +81,8 @@ def test_report_from_minimal_results(results):
     assert "| PPO | 2 | 0.162 ± 0.018 |" in md and "| VinePPO | 2 | 0.025 ± 0.035 |" in md
     assert "VinePPO's error is 0.15x PPO's" in md
     assert "top-1 1.00 (VinePPO) vs 0.50 (PPO)" in md
+    # E|Bin(3, v)/3 - v| at the GT values 0.2, 0.5, 1, 0: (0.2048 + 0.25 + 0 + 0) / 4
+    assert "alone (an unbiased estimate): 0.114, measured 0.025." in md
     assert "| PPO | 0.200 | 0.000 | 0.200 | 0.250 |" in md and "| VinePPO | 0.000 | 0.000 | 0.000 | 0.100 |" in md
     # KL frontier at the smallest final KL (0.1): PPO interpolates 0.3 + 0.1 / 0.1 * ... = 0.4; VinePPO 0.6
     assert "- PPO: final KL 0.300 at validation accuracy 0.500; at KL 0.100" in md and "0.400." in md
