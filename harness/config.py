@@ -79,6 +79,8 @@ class TrainConfig(Strict):
     ratio_threshold: float = Field(10.0, gt=1.0, description="skip a minibatch whose mean ratio exceeds this")
     precision: Literal["fp32", "bf16"] = "bf16"
     checkpoint_every: int = Field(10, ge=1, description="iterations between resumable checkpoints")
+    keep_every: int = Field(0, ge=0, description="also keep a snapshot (policy + critic weights) every N iterations "
+                            "in checkpoints/iter_XXXXXX.pt, for the value analysis (0: none)")
 
 
 class EvalConfig(Strict):

@@ -9,6 +9,7 @@ writes into the results directory:
   accuracy_vs_iteration.png    accuracy vs training iteration       (mean line, band = +-1 SD over seeds)
   accuracy_vs_wallclock.png    accuracy vs training wall-clock seconds (evaluation excluded)
   accuracy_vs_compute.png      accuracy vs estimated training FLOPs (2N per inference token, 6N per trained token)
+  --report                     also report.md and the analysis figures (see harness/report.py)
 A run directory without readable files is skipped with a warning.
 """
 from __future__ import annotations
@@ -43,8 +44,10 @@ def load(results: Path) -> pd.DataFrame:
     for d in sorted(p for p in results.iterdir() if p.is_dir() and (p / "config.yaml").exists()):
         try:
             cfg = yaml.safe_load((d / "config.yaml").read_text())
+            if not isinstance(cfg, dict):
+                raise ValueError("config.yaml is not a mapping")
             metrics = read_jsonl(d / "metrics.jsonl")
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, yaml.YAMLError, ValueError) as e:
             warnings.warn(f"skipping {d}: {e}")
             continue
         if not metrics:
@@ -168,6 +171,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", help="a sweep's results directory, e.g. results/tiny")
     p.add_argument("--split", default=None, help="split for the curves (default: the one evaluated most often)")
+    p.add_argument("--report", action="store_true", help="also write report.md with the value analysis, KL and "
+                                                         "train-vs-test figures, K ablation, paper vs ours "
+                                                         "(harness/report.py)")
     a = p.parse_args(argv)
     results = Path(a.results)
     if not results.is_dir():
@@ -188,6 +194,9 @@ def main(argv=None) -> int:
     (results / "table.md").write_text(md)
     print(md)
     print(f"wrote results.csv, table.md and 3 figures ({split} curves) to {results}")
+    if a.report:
+        from harness import report
+        print(f"wrote {report.write(results, df, split)}")
     return 0
 
 

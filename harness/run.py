@@ -3,7 +3,8 @@
     python -m harness.run RUN_DIR        (what the sweep's executors call, through `execute`)
 
 Files (see results/README.md): config.yaml (written by the sweep), metrics.jsonl (append-only), status.json,
-checkpoints/latest.pt (resumable: algorithm state + loop state + metrics row count), final/ (HF save_pretrained).
+checkpoints/latest.pt (resumable: algorithm state + loop state + metrics row count), final/ (HF save_pretrained),
+and with `train.keep_every: N` weight snapshots checkpoints/iter_XXXXXX.pt for harness.analyze.
 A run found with a checkpoint resumes from it; every random draw depends only on (seed, iteration, purpose), so a
 resumed CPU run writes exactly the rows an uninterrupted one would (timing columns aside).
 """
@@ -67,6 +68,23 @@ class Runner:
         torch.save({"algo": self.algo.state_dict(), "loop": dict(self.state)}, tmp)
         os.replace(tmp, self.ckpt_path)
 
+    def maybe_snapshot(self) -> None:
+        """`train.keep_every`: keep the weights at iterations 0, N, 2N, ... and the last one (what harness.analyze
+        needs to study values *during* training). Weights only: snapshots are for analysis, not for resuming."""
+        it, every = self.state["iteration"], self.cfg.train.keep_every
+        if not every or (it % every and it != self.cfg.train.iterations):
+            return
+        path = self.dir / "checkpoints" / f"iter_{it:06d}.pt"
+        if path.exists():
+            return
+        snap = {"iteration": it, "algorithm": self.cfg.algorithm, "policy": self.policy.state_dict()}
+        if isinstance(getattr(self.algo, "critic", None), torch.nn.Module):
+            snap["critic"] = self.algo.critic.state_dict()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(snap, tmp)
+        os.replace(tmp, path)
+
     def maybe_resume(self) -> None:
         if self.ckpt_path.exists():
             ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
@@ -105,6 +123,7 @@ class Runner:
         self.maybe_resume()
         n_it, every = cfg.train.iterations, cfg.eval.every
         log_every = max(1, n_it // 20)
+        self.maybe_snapshot()
         while self.state["iteration"] < n_it:
             it = self.state["iteration"]
             if (it == 0 and cfg.eval.at_start) or (it > 0 and every and it % every == 0):
@@ -125,6 +144,7 @@ class Runner:
                    "t_collect_other": round(t1 - t0 - sum(gen_s.values()), 4), "t_train": round(t2 - t1, 4),
                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()}}
             self.metrics.append(row)
+            self.maybe_snapshot()
             if (it + 1) % log_every == 0 or it == 0:
                 print(f"[{self.run_id}] it {it + 1}/{n_it} " + " ".join(
                     f"{k} {row[k]:.3g}" for k in ("train_reward", "loss", "kl", "value_loss") if k in row) +
