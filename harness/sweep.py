@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         todo = [r for r in todo if r.id not in live]
         for rid, jid in live.items():
             print(f"[sweep] in queue {rid} (job {jid}, {queue[jid][0]}): left alone")
-    if not todo:
+    if not todo and not (live and a.wait):
         print(f"all {len(runs)} runs of {a.sweep} are done in {out}" + (f" or queued ({len(live)})" if live else "")
               + f"; nothing to do ({time.time() - t0:.1f}s)")
         return 0
@@ -136,12 +136,13 @@ def main(argv=None) -> int:
     print(f"{len(todo)} of {len(runs)} runs to do in {out} ({done} already done, {len(live)} queued)")
     if executor == "slurm":
         try:
-            jobs = slurm.submit(todo, out, profile, shapes, live, sweep.name)
+            jobs = slurm.submit(todo, out, profile, shapes, live, sweep.name) if todo else {}
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         if not a.wait:
-            print(f"submitted {len(jobs)} runs; follow them with: python -m harness.sweep {a.sweep} --status")
+            follow = f"python -m harness.sweep {a.sweep}" + (f" --output {a.output}" if a.output else "")
+            print(f"submitted {len(jobs)} runs; follow them with: {follow} --status")
             return 0
         slurm.wait({**live, **jobs}, out)
         states = {rid: run_state(out / rid)["state"] for rid in {**live, **jobs}}
