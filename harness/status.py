@@ -48,7 +48,7 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
             detail = "SLURM: " + sl + (f" ({reason})" if reason not in ("", "None") else "")
         else:                                                   # left the queue without writing "done"
             sl, code = (slurm.accounted([jid]) if acct is None else acct).get(jid, ("", ""))
-            state = "cancelled" if sl == "CANCELLED" else "failed"
+            state = "cancelled" if sl == "CANCELLED" and state != "failed" else "failed"   # the run's word first
             detail = f"SLURM: {sl or 'not in the queue'}" + (f", exit code {code}" if code and code != "0:0" else "")
     elif state in ("running", "queued") and st.get("host") == socket.gethostname() and st.get("pid"):
         try:                                                    # a local run whose process is gone died silently

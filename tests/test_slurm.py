@@ -178,9 +178,10 @@ def test_refused_submission_leaves_nothing_queued(tmp_path):
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    """The sweep run locally (the reference), then on SLURM while three of its runs are disrupted: rl-ppo-s0 gets
-    USR2 (what SLURM sends before the time limit), rl-vineppo-s0 is requeued by `scontrol requeue` (hard: killed and
-    restarted), rl-vineppo-s1's process is SIGKILLed; then the sweep is submitted again."""
+    """The sweep run locally (the reference), then on SLURM: its SFT run alone, held, then cancelled (--cancel); the
+    whole sweep, while three of its runs are disrupted: rl-ppo-s0 gets USR2 (what SLURM sends before the time limit),
+    rl-vineppo-s0 is requeued by `scontrol requeue` (hard: killed and restarted), rl-vineppo-s1's process is
+    SIGKILLed; then the sweep is submitted again."""
     need_cluster()
     d = tmp_path_factory.mktemp("slurm")
     name = f"slurmtest{os.getpid()}"
@@ -191,6 +192,14 @@ def scenario(tmp_path_factory):
     assert ref.returncode == 0, ref.stdout + ref.stderr
 
     out = d / "slurm"
+    (d / "held.yaml").write_text(PROFILE.read_text() + "sbatch: {hold: true}\n")   # stays pending: no race
+    sft = sweep("s.yaml", "--cluster", "held.yaml", "--output", "slurm", "--only", "sft-*", cwd=d)
+    assert sft.returncode == 0 and "submitted 1 runs" in sft.stdout, sft.stdout + sft.stderr
+    cancel = sweep("s.yaml", "--cancel", "--output", "slurm", cwd=d)
+    deadline = time.time() + 60
+    while jobs_named(name, queue_only=True).strip() and time.time() < deadline:
+        time.sleep(0.5)
+    cancelled = sweep("s.yaml", "--status", "--output", "slurm", cwd=d).stdout
     p = subprocess.Popen([sys.executable, "-m", "harness.sweep", "s.yaml", "--cluster", str(PROFILE), "--output",
                           "slurm", "--wait"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env=env())
@@ -215,7 +224,7 @@ def scenario(tmp_path_factory):
     status = sweep("s.yaml", "--status", "--output", "slurm", cwd=d)
     second = sweep("s.yaml", "--cluster", str(PROFILE), "--output", "slurm", "--wait", cwd=d)
     return {"dir": d, "out": out, "ref": d / "local", "rid": rid, "runs": runs, "first": first,
-            "first_rc": p.returncode,
+            "first_rc": p.returncode, "cancel": cancel.stdout, "cancelled": cancelled,
             "status": status.stdout, "second": second.stdout + second.stderr, "second_rc": second.returncode,
             "final_status": sweep("s.yaml", "--status", "--output", "slurm", cwd=d).stdout}
 
@@ -248,6 +257,16 @@ def test_slurm_sweep_matches_local(scenario):
     for short, gpus in (("rl-vineppo-s0", 2), ("rl-ppo-s1", 1)):                    # device-s = allocation x wall
         for r in read_jsonl(s["out"] / rid[short] / "metrics.jsonl"):
             assert r["device_s"] == pytest.approx(gpus * r["wall_s"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_cancelled_run_is_resubmitted(scenario):
+    s, sft = scenario, scenario["rid"]["sft-s0"]
+    assert re.match(r"cancelled 1 SLURM jobs: \d+", s["cancel"]), s["cancel"]
+    line = next(x for x in s["cancelled"].splitlines() if x.startswith(sft))
+    assert " cancelled " in line and "6 runs: 1 cancelled, 5 new" in s["cancelled"], s["cancelled"]
+    assert "6 of 6 runs to do" in s["first"]                      # the cancelled SFT run was submitted again ...
+    assert read_json(s["out"] / sft / "status.json")["state"] == "done"     # ... and matches (test above)
 
 
 @pytest.mark.slow
