@@ -2,6 +2,7 @@
 
 `local` runs each run in its own subprocess, at most `workers` at a time, with cores // workers torch threads each
 (oversubscribing the cores halves throughput); `debug` runs them one by one in this process (pdb-friendly).
+`slurm` submits them to a cluster: harness/slurm.py.
 """
 from __future__ import annotations
 
@@ -20,13 +21,25 @@ def _threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def fresh_log_dir(out: Path) -> Path:
+    """A new submitit log folder per submission: job ids (pids, SLURM ids on a fresh cluster) repeat, and submitit
+    would otherwise read a stale result file left by an earlier job with the same id."""
+    base = out / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    d, n = base, 1
+    while True:
+        try:
+            d.mkdir(parents=True)
+            return d
+        except FileExistsError:
+            n += 1
+            d = base.with_name(f"{base.name}-{n}")
+
+
 def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=print) -> dict[str, str]:
     """Execute `runs` (harness.config.Run, in dependency order). Returns {run id: final state}."""
     workers = 1 if executor == "debug" else workers
     threads = _threads(workers)
-    # A fresh log folder per invocation: job ids (pids, SLURM ids on a new cluster) repeat, and submitit would
-    # otherwise read a stale result file left by an earlier job with the same id.
-    ex = submitit.AutoExecutor(folder=out / "logs" / time.strftime("%Y%m%d-%H%M%S") / "%j", cluster=executor)
+    ex = submitit.AutoExecutor(folder=fresh_log_dir(out) / "%j", cluster=executor)
     ex.update_parameters(timeout_min=max(r.cfg.resources.time_min for r in runs) * 10)   # local: a safety net only
     ids = {r.id for r in runs}
     pending = list(runs)

@@ -31,9 +31,19 @@ from harness.metrics import MetricsLog, estimate_flops, read_json, write_status
 PHASES = ("generate", "mc_rollouts")
 
 
+def charged_devices(device: torch.device) -> int:
+    """Devices a run is charged for: on SLURM the job's GPU allocation (what the cluster bills, used or not),
+    else the GPUs torch sees; a CPU-only run counts as one device."""
+    gpus = int(os.environ.get("SLURM_GPUS_ON_NODE") or 0) if os.environ.get("SLURM_JOB_ID") else 0
+    if gpus:
+        return gpus * int(os.environ.get("SLURM_JOB_NUM_NODES") or 1)
+    return max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
+
+
 class Runner:
-    def __init__(self, cfg: RunConfig, run_dir: Path):
+    def __init__(self, cfg: RunConfig, run_dir: Path, stop=None):
         self.cfg, self.dir = cfg, run_dir
+        self.stop = stop or (lambda: False)                # polled between iterations (see harness/slurm.py)
         self.run_id = run_dir.name
         self.task = tasks.get(cfg.task["name"])(tasks.get(cfg.task["name"]).Config(**cfg.task))
         mcfg = cfg.model
@@ -51,10 +61,11 @@ class Runner:
         self.engine = HFEngine(self.policy, self.tokenizer, cfg.engine.chunk_size, cfg.progress)
         self.algo = algorithms.get(cfg.algorithm)(cfg, self.policy, self.tokenizer, self.engine, self.task)
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
-        self.devices = max(1, torch.cuda.device_count()) if self.device.type == "cuda" else 1
-        # Loop state: everything a checkpoint must restore besides the algorithm.
-        self.state = {"iteration": 0, "wall_s": 0.0, "eval_s": 0.0, "tokens_generated": 0, "tokens_prompt": 0,
-                      "rows": 0}
+        self.devices = charged_devices(self.device)
+        # Loop state: everything a checkpoint must restore besides the algorithm. device_s is accumulated, not
+        # derived, because a requeued job may get a different allocation.
+        self.state = {"iteration": 0, "wall_s": 0.0, "eval_s": 0.0, "device_s": 0.0, "tokens_generated": 0,
+                      "tokens_prompt": 0, "rows": 0}
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     @property
@@ -90,6 +101,7 @@ class Runner:
             ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
             self.algo.load_state_dict(ck["algo"])
             self.state = ck["loop"]
+            self.state.setdefault("device_s", self.state["wall_s"] * self.devices)
             self.metrics.truncate(self.state["rows"])
             print(f"[{self.run_id}] resumed at iteration {self.state['iteration']}", flush=True)
         elif self.metrics.path.exists():
@@ -103,7 +115,7 @@ class Runner:
                 "eval_s": round(s["eval_s"], 3), "tokens_generated": s["tokens_generated"],
                 "tokens_trained": c["train_tokens"], "tokens_forward": c["forward_tokens"],
                 "flops": estimate_flops(self.n_params, inference, c["train_tokens"]),
-                "device_s": round(s["wall_s"] * self.devices, 3)}
+                "device_s": round(s["device_s"], 3)}
 
     def run_eval(self, splits) -> None:
         for split in splits:
@@ -118,7 +130,8 @@ class Runner:
                   f"({res['t_eval']:.1f}s)", flush=True)
 
     # --- the loop ----------------------------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Train to the end (True), or until `stop()` says the job must end (False; state saved to resume)."""
         cfg = self.cfg
         self.maybe_resume()
         n_it, every = cfg.train.iterations, cfg.eval.every
@@ -126,6 +139,10 @@ class Runner:
         self.maybe_snapshot()
         while self.state["iteration"] < n_it:
             it = self.state["iteration"]
+            if self.stop():                                 # time limit or preemption: save at this boundary
+                self.save_checkpoint()
+                print(f"[{self.run_id}] stopping at iteration {it} (checkpoint saved)", flush=True)
+                return False
             if (it == 0 and cfg.eval.at_start) or (it > 0 and every and it % every == 0):
                 self.run_eval(cfg.eval.splits)
             t0 = time.perf_counter()
@@ -137,6 +154,7 @@ class Runner:
             gen_s = {p: eng.seconds.get(p, 0.0) for p in PHASES}
             self.state["iteration"] = it + 1
             self.state["wall_s"] += t2 - t0
+            self.state["device_s"] += (t2 - t0) * self.devices
             self.state["tokens_generated"] += sum(eng.new_tokens.values())
             self.state["tokens_prompt"] += sum(eng.prompt_tokens.values())
             row = {"kind": "train", **self.compute_columns(),
@@ -157,6 +175,7 @@ class Runner:
             self.run_eval(cfg.eval.final_splits)
             self.save_checkpoint()
         self.save_final()
+        return True
 
     def _final_eval_done(self) -> bool:
         from harness.metrics import read_jsonl
@@ -172,8 +191,9 @@ class Runner:
         os.replace(tmp, final)
 
 
-def execute(run_dir: str | Path, threads: int | None = None) -> str:
-    """Run (or resume) the run in `run_dir`; the entry point every executor calls. Returns the final state."""
+def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
+    """Run (or resume) the run in `run_dir`; the entry point every executor calls. Returns "done", or "stopped" when
+    `stop()` (polled between iterations) asked it to end early: its checkpoint is then saved for a resume."""
     run_dir = Path(run_dir)
     if read_json(run_dir / "status.json", {}).get("state") == "done":
         return "done"
@@ -184,11 +204,14 @@ def execute(run_dir: str | Path, threads: int | None = None) -> str:
     write_status(run_dir, "running", pid=os.getpid(), host=socket.gethostname(), threads=threads,
                  job_id=os.environ.get("SLURM_JOB_ID"), log=log, started=time.time(), error=None)
     try:
-        Runner(cfg, run_dir).run()
+        finished = Runner(cfg, run_dir, stop).run()
     except BaseException as e:
         msg = (traceback.format_exception_only(type(e), e)[-1].strip() or type(e).__name__)
         write_status(run_dir, "failed", error=msg)
         raise
+    if not finished:
+        write_status(run_dir, "stopped")
+        return "stopped"
     write_status(run_dir, "done", finished=time.time())
     return "done"
 

@@ -3,10 +3,14 @@
     python -m harness.sweep experiments/tiny.yaml                 # run locally (workers from the YAML)
     python -m harness.sweep experiments/tiny.yaml --dry-run       # print run ids + resolved configs, write nothing
     python -m harness.sweep experiments/tiny.yaml --only 'rl-ppo-*'
+    python -m harness.sweep FILE.yaml --cluster slurm/PROFILE.yaml [--wait]   # submit to SLURM (job arrays)
+    python -m harness.sweep FILE.yaml --status                    # one line per run: state, job, progress, log
+    python -m harness.sweep FILE.yaml --cancel                    # cancel the sweep's SLURM jobs
 
-Every run of the grid is validated before anything is written or submitted; a mistake is reported with the file,
-group, key and value, and the exit status is 2. Runs whose status.json says "done" are skipped, so re-running a
-finished sweep does nothing; an interrupted run resumes from its last checkpoint.
+Every run of the grid (and the cluster profile) is validated before anything is written or submitted; a mistake is
+reported with the file, group, key and value, and the exit status is 2. Runs whose status.json says "done" are
+skipped, so re-running a finished sweep does nothing; an interrupted run resumes from its last checkpoint. On SLURM,
+runs whose job is still queued or running are left alone: re-submitting a sweep submits only what is neither.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from harness.config import ConfigError, dump_yaml, load_sweep, output_dir
 from harness.metrics import atomic_write, read_json
+from harness.status import run_state, status_lines
 
 
 def select(runs, patterns: list[str] | None):
@@ -36,12 +41,33 @@ def select(runs, patterns: list[str] | None):
     return [r for r in runs if r.id in keep]
 
 
+def cancel_sweep(runs, out: Path) -> int:
+    from harness import slurm
+    jobs = {r.id: read_json(out / r.id / "job.json", {}) for r in runs}
+    ids = [j["job_id"] for j in jobs.values() if j.get("executor") == "slurm"]
+    live = [i for i in ids if i in slurm.queued(ids)]
+    if live:
+        slurm.cancel(live)
+    local = sum(j.get("executor") in ("local", "debug") for j in jobs.values())
+    print(f"cancelled {len(live)} SLURM jobs" + (f": {' '.join(live)}" if live else "") +
+          (f"; {local} runs were started by a local sweep process: stop it (Ctrl-C)" if local else ""))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", help="sweep YAML (see experiments/)")
-    p.add_argument("--executor", choices=["local", "debug"], default="local",
-                   help="local: subprocesses, --workers at a time; debug: one by one in this process")
+    p.add_argument("--executor", choices=["local", "debug", "slurm"], default=None,
+                   help="local (default): subprocesses, --workers at a time; debug: one by one in this process; "
+                        "slurm: job arrays on a cluster (needs --cluster)")
+    p.add_argument("--cluster", metavar="PROFILE", help="SLURM cluster profile, e.g. slurm/example-academic.yaml "
+                                                        "(implies --executor slurm)")
+    p.add_argument("--wait", action="store_true", help="slurm: stay until the submitted jobs have left the queue "
+                                                       "and report how each run ended")
+    p.add_argument("--status", action="store_true", help="print one line per run (state, job id, iteration, last "
+                                                         "validation accuracy, log) and exit")
+    p.add_argument("--cancel", action="store_true", help="cancel the sweep's queued and running SLURM jobs")
     p.add_argument("--workers", type=int, default=None, help="concurrent local runs (default: the YAML's workers)")
     p.add_argument("--dry-run", action="store_true", help="print each run's id and resolved config, then exit")
     p.add_argument("--only", action="append", metavar="PATTERN",
@@ -60,30 +86,74 @@ def main(argv=None) -> int:
     if not runs:
         print(f"error: --only {a.only} matches no run of {a.sweep}", file=sys.stderr)
         return 2
+    if a.status:
+        print("\n".join(status_lines(runs, out)))
+        return 0
+    if a.cancel:
+        return cancel_sweep(runs, out)
+    executor = a.executor or ("slurm" if a.cluster else "local")
+    if (executor == "slurm") != bool(a.cluster):
+        print("error: --cluster PROFILE goes with --executor slurm (and only with it)", file=sys.stderr)
+        return 2
+    if executor == "slurm":
+        from harness import slurm
+        try:
+            profile = slurm.load_profile(a.cluster)
+            shapes = {r.id: slurm.job_resources(r, profile, f"{a.sweep}: ") for r in runs}
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     state = {r.id: read_json(out / r.id / "status.json", {}).get("state", "new") for r in runs}
     if a.dry_run:
         for r in runs:
             deps = f"  (starts from {', '.join(r.depends_on)})" if r.depends_on else ""
-            print(f"--- {r.id}  [{state[r.id]}]{deps}\n{dump_yaml(r.cfg)}")
+            job = f"  [SLURM: {slurm.describe(shapes[r.id])}]" if executor == "slurm" else ""
+            print(f"--- {r.id}  [{state[r.id]}]{deps}{job}\n{dump_yaml(r.cfg)}")
         print(f"{len(runs)} runs in {out} ({sum(s == 'done' for s in state.values())} done); dry run, nothing written")
         return 0
-    todo = [r for r in runs if state[r.id] != "done"]
-    if not todo:
-        print(f"all {len(runs)} runs of {a.sweep} are done in {out}; nothing to do ({time.time() - t0:.1f}s)")
+    todo, live = [r for r in runs if state[r.id] != "done"], {}
+    if executor == "slurm" and todo:
+        why = slurm.check_cluster()
+        if why:
+            print(f"error: no SLURM cluster to submit to: {why}", file=sys.stderr)
+            return 2
+        jobs = {r.id: read_json(out / r.id / "job.json", {}) for r in todo}
+        jobs = {rid: j["job_id"] for rid, j in jobs.items() if j.get("executor") == "slurm"}
+        queue = slurm.queued(jobs.values())
+        live = {rid: jid for rid, jid in jobs.items() if jid in queue}
+        todo = [r for r in todo if r.id not in live]
+        for rid, jid in live.items():
+            print(f"[sweep] in queue {rid} (job {jid}, {queue[jid][0]}): left alone")
+    if not todo and not (live and a.wait):
+        print(f"all {len(runs)} runs of {a.sweep} are done in {out}" + (f" or queued ({len(live)})" if live else "")
+              + f"; nothing to do ({time.time() - t0:.1f}s)")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(a.sweep, out / "sweep.yaml")
     for r in todo:
         atomic_write(out / r.id / "config.yaml", dump_yaml(r.cfg))
-    print(f"{len(todo)} of {len(runs)} runs to do in {out} ({len(runs) - len(todo)} already done)")
-    from harness.launch import run_all
-    states = run_all(todo, out, a.executor, a.workers or sweep.workers)
+    done = sum(s == "done" for s in state.values())
+    print(f"{len(todo)} of {len(runs)} runs to do in {out} ({done} already done, {len(live)} queued)")
+    if executor == "slurm":
+        try:
+            jobs = slurm.submit(todo, out, profile, shapes, live, sweep.name) if todo else {}
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if not a.wait:
+            follow = f"python -m harness.sweep {a.sweep}" + (f" --output {a.output}" if a.output else "")
+            print(f"submitted {len(jobs)} runs; follow them with: {follow} --status")
+            return 0
+        slurm.wait({**live, **jobs}, out)
+        states = {rid: run_state(out / rid)["state"] for rid in {**live, **jobs}}
+    else:
+        from harness.launch import run_all
+        states = run_all(todo, out, executor, a.workers or sweep.workers)
     bad = {k: v for k, v in states.items() if v != "done"}
     print(f"sweep finished in {time.time() - t0:.0f}s: {len(states) - len(bad)} done, {len(bad)} not done")
     for rid, st in bad.items():
-        info = read_json(out / rid / "status.json", {})
-        job = read_json(out / rid / "job.json", {})
-        print(f"  {st}: {rid}: {info.get('error') or ''}\n     log: {job.get('log', '-')}")
+        s = run_state(out / rid)
+        print(f"  {st}: {rid}: {s['error'] or s['detail']}\n     log: {s['log']}")
     return 1 if bad else 0
 
 
