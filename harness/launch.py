@@ -46,43 +46,53 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
     running: dict[str, tuple] = {}
     states: dict[str, str] = {}
     total, t_start = len(runs), time.time()
-    while pending or running:
-        for r in list(pending):                          # start whatever is ready, up to `workers`
-            if len(running) >= workers:
-                break
-            deps = [d for d in r.depends_on if d in ids]
-            if any(states.get(d) in ("failed", "blocked") for d in deps):
+    try:
+        while pending or running:
+            for r in list(pending):                          # start whatever is ready, up to `workers`
+                if len(running) >= workers:
+                    break
+                deps = [d for d in r.depends_on if d in ids]
+                if any(states.get(d) in ("failed", "blocked") for d in deps):
+                    pending.remove(r)
+                    states[r.id] = "blocked"
+                    log(f"[sweep] blocked  {r.id}: a run it starts from failed")
+                    continue
+                if any(states.get(d) != "done" for d in deps):
+                    continue
                 pending.remove(r)
-                states[r.id] = "blocked"
-                log(f"[sweep] blocked  {r.id}: a run it starts from failed")
-                continue
-            if any(states.get(d) != "done" for d in deps):
-                continue
-            pending.remove(r)
-            run_dir = out / r.id
-            write_status(run_dir, "queued", executor=executor)
-            job = ex.submit(execute, str(run_dir), threads)
-            atomic_write(run_dir / "job.json", json.dumps(
-                {"job_id": str(job.job_id), "executor": executor, "log": str(job.paths.stdout),
-                 "stderr": str(job.paths.stderr), "submitted": time.time()}, indent=1))
-            running[r.id] = (job, time.time())
-            log(f"[sweep] started  {r.id} ({executor} job {job.job_id}, {r.cfg.threads or threads} threads)")
-            if executor == "debug":
-                _wait(job)
-        for rid, (job, t0) in list(running.items()):
-            if not job.done():
-                continue
-            del running[rid]
-            err = _wait(job)
-            state = read_json(out / rid / "status.json", {}).get("state")
-            if err is not None or state != "done":
-                state = "failed"
-                write_status(out / rid, "failed", error=read_json(out / rid / "status.json", {}).get("error") or err)
-            states[rid] = state
-            log(f"[sweep] {state:<8} {rid} ({time.time() - t0:.0f}s; {len(states)}/{total}, "
-                f"{time.time() - t_start:.0f}s elapsed)" + ("" if state == "done" else f"\n         log: {job.paths.stdout}"))
-        if running:
-            time.sleep(0.5)
+                run_dir = out / r.id
+                write_status(run_dir, "queued", executor=executor)
+                job = ex.submit(execute, str(run_dir), threads)
+                atomic_write(run_dir / "job.json", json.dumps(
+                    {"job_id": str(job.job_id), "executor": executor, "log": str(job.paths.stdout),
+                     "stderr": str(job.paths.stderr), "submitted": time.time()}, indent=1))
+                running[r.id] = (job, time.time())
+                log(f"[sweep] started  {r.id} ({executor} job {job.job_id}, {r.cfg.threads or threads} threads)")
+                if executor == "debug":
+                    _wait(job)
+            for rid, (job, t0) in list(running.items()):
+                if not job.done():
+                    continue
+                del running[rid]
+                err = _wait(job)
+                state = read_json(out / rid / "status.json", {}).get("state")
+                if err is not None or state != "done":
+                    state = "failed"
+                    error = read_json(out / rid / "status.json", {}).get("error") or err
+                    write_status(out / rid, "failed", error=error)
+                states[rid] = state
+                where = "" if state == "done" else f"\n         log: {job.paths.stdout}"
+                log(f"[sweep] {state:<8} {rid} ({time.time() - t0:.0f}s; {len(states)}/{total}, "
+                    f"{time.time() - t_start:.0f}s elapsed){where}")
+            if running:
+                time.sleep(0.5)
+    except KeyboardInterrupt:                            # Ctrl-C: leave no orphaned run processes behind
+        for rid, (job, _) in running.items():
+            job.cancel(check=False)
+            write_status(out / rid, "failed", error="interrupted (Ctrl-C on the sweep)")
+        log(f"[sweep] interrupted: stopped {len(running)} running run(s); submit the sweep again to resume them "
+            f"from their last checkpoint")
+        raise
     return states
 
 

@@ -148,7 +148,10 @@ def main(argv=None) -> int:
         states = {rid: run_state(out / rid)["state"] for rid in {**live, **jobs}}
     else:
         from harness.launch import run_all
-        states = run_all(todo, out, executor, a.workers or sweep.workers)
+        try:
+            states = run_all(todo, out, executor, a.workers or sweep.workers)
+        except KeyboardInterrupt:
+            return 130
     bad = {k: v for k, v in states.items() if v != "done"}
     print(f"sweep finished in {time.time() - t0:.0f}s: {len(states) - len(bad)} done, {len(bad)} not done")
     for rid, st in bad.items():
