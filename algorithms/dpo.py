@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,7 +66,7 @@ class DPO(Algorithm):
     def __init__(self, cfg, policy, tokenizer, engine, task):
         super().__init__(cfg, policy, tokenizer, engine, task)
         self.data = None                           # built by collect(0); restored by load_state_dict
-        self.opt = self.sched = None
+        self.trainer = None                        # made once the pairs (and so the schedule's length) are known
         self._orders: dict[int, torch.Tensor] = {}
 
     @property
@@ -96,7 +97,7 @@ class DPO(Algorithm):
                                                        self.data["responses"][i:i + mb]), self.temperature).cpu()
                for i in range(0, len(used), mb)]
         self.data["ref"] = torch.cat(ref) if ref else torch.zeros(0)
-        self.opt, self.sched = self.make_optimizer(self.policy)   # the schedule spans the S steps now known
+        self.trainer = self.make_trainer(self.policy)            # the schedule spans the S steps now known
         return {"train_reward": sum(rewards) / len(rewards), "finished": sum(x.finished for x in samples) / len(samples),
                 "response_len": sum(len(x.token_ids) for x in samples) / len(samples), "pairs": len(pairs),
                 "pair_problems": len({samples[w].prompt_index for w, _ in pairs}), "total_steps": self.total_steps()}
@@ -122,48 +123,43 @@ class DPO(Algorithm):
             for k, v in self.train_step(self.step_rows(step)).items():
                 sums[k] = sums.get(k, 0.0) + v
         out = {k: v / max(len(batch["steps"]), 1) for k, v in sums.items()}
-        if self.sched is not None:
-            out["lr"] = self.sched.get_last_lr()[0]
+        if self.trainer is not None:
+            out["lr"] = self.trainer.lr
         return {**batch["info"], **out}
 
     def train_step(self, rows: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on the pairs `rows` (a micro-batch is train.micro_batch_size pairs: 2x as many
+        sequences; data parallel: this process's share of the pairs)."""
         d, o = self.data, self.opts
-        pairs = d["pairs"][rows]
-        m = max(1, self.cfg.train.micro_batch_size // 2)    # a pair is two sequences
         agg = {"loss": 0.0, "margin": 0.0, "pref_acc": 0.0, "chosen_logratio": 0.0, "rejected_logratio": 0.0,
                "penalty_frac": 0.0}
-        for i in range(0, len(pairs), m):
-            p = pairs[i:i + m]
+        for mrows, w in self.micro_batches(rows):
+            p = d["pairs"][mrows]
             idx = torch.cat([p[:, 0], p[:, 1]]).tolist()      # chosen rows, then rejected rows
-            logp = self.seq_logprobs(self.policy, self.pad([d["prompts"][j] for j in idx],
-                                                           [d["responses"][j] for j in idx]), self.temperature,
-                                     grad=True)
+            logp = self.seq_logprobs(self.trainer.model, self.pad([d["prompts"][j] for j in idx],
+                                                                  [d["responses"][j] for j in idx]),
+                                     self.temperature, grad=True)
             ref = d["ref"][idx].to(self.device)
             pc, pr, rc, rr = logp[:len(p)], logp[len(p):], ref[:len(p)], ref[len(p):]
             loss = dpo_loss(pc, pr, rc, rr, o.beta, o.dpop_lambda)
-            (loss.sum() / len(pairs)).backward()               # the step's loss is the mean over its pairs
+            self.trainer.backward(loss.sum() * (w / len(rows)))   # the step's loss is the mean over its pairs
             with torch.no_grad():
                 margin = (pc - rc) - (pr - rr)
                 for k, v in (("loss", loss), ("margin", margin), ("pref_acc", (margin > 0).float()),
                              ("chosen_logratio", pc - rc), ("rejected_logratio", pr - rr),
                              ("penalty_frac", (pc < rc).float())):
-                    agg[k] += float(v.sum()) / len(pairs)
-        agg["grad_norm"] = self.optimizer_step(self.policy, self.opt, self.sched)
+                    agg[k] += float(v.sum()) * w / len(rows)
+        agg = self.all_sum(agg)
+        agg["grad_norm"] = self.trainer.step()
         self.counts["grad_steps"] += 1
         return agg
 
     # --- checkpoint ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "counts": dict(self.counts), "data": self.data,
-                "opt": self.opt.state_dict() if self.opt else None,
-                "sched": self.sched.state_dict() if self.sched else None}
+        return {"counts": dict(self.counts), "data": self.data}   # the run loop saves the trainer
 
     def load_state_dict(self, sd: dict) -> None:
-        self.policy.load_state_dict(sd["policy"])
-        self.counts.clear()
-        self.counts.update(sd["counts"])
+        self.counts = Counter(sd["counts"])
         self.data = sd["data"]
-        if self.data is not None:
-            self.opt, self.sched = self.make_optimizer(self.policy)
-            self.opt.load_state_dict(sd["opt"])
-            self.sched.load_state_dict(sd["sched"])
+        if self.data is not None and self.trainer is None:
+            self.trainer = self.make_trainer(self.policy)      # the run loop then loads its saved state

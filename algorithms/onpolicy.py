@@ -25,7 +25,7 @@ class OnPolicy(Algorithm):
     def __init__(self, cfg, policy, tokenizer, engine, task):
         super().__init__(cfg, policy, tokenizer, engine, task)
         self.ref = frozen_copy(policy) if cfg.train.kl_coef > 0 else None
-        self.opt, self.sched = self.make_optimizer(policy)
+        self.trainer = self.make_trainer(policy)
 
     @property
     def temperature(self) -> float:
@@ -80,28 +80,28 @@ class OnPolicy(Algorithm):
 
     def train_minibatch(self, batch: dict, adv: torch.Tensor, rows: torch.Tensor) -> dict[str, float]:
         t, dev = self.cfg.train, self.device
-        micro = [rows[i:i + t.micro_batch_size] for i in range(0, len(rows), t.micro_batch_size)]
         tokens = float(batch["mask"][rows].sum())
         agg = {"loss": 0.0, "pg_loss": 0.0, "kl_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0}
-        for mrows in micro:
+        for mrows, w_pad in self.micro_batches(rows):
             mask = batch["mask"][mrows].to(dev)
-            logp = self.logprobs(self.policy, batch, self.temperature, mrows, grad=True)
+            logp = self.logprobs(self.trainer.model, batch, self.temperature, mrows, grad=True)
             pg, st = clipped_surrogate(logp, batch["old_logp"][mrows].to(dev), adv[mrows].to(dev), mask, t.clip_eps)
             kl = torch.zeros(())
             if self.ref is not None:
                 kl = (k3_kl(logp, batch["ref_logp"][mrows].to(dev), t.kl_clamp) * mask).sum(-1).mean()
             # Micro-batches add up to the minibatch loss: the surrogate is a token mean over the minibatch, the KL
             # a mean over its sequences, so each part is weighted by this micro-batch's share of tokens / rows.
-            w_tok, w_seq = float(mask.sum()) / max(tokens, 1.0), len(mrows) / len(rows)
+            w_tok, w_seq = w_pad * float(mask.sum()) / max(tokens, 1.0), w_pad * len(mrows) / len(rows)
             loss = w_tok * pg + t.kl_coef * w_seq * kl
             if float(st["ratio"]) > t.ratio_threshold:  # a runaway minibatch is skipped, as in the authors' code
                 loss = loss * 0.0
-            loss.backward()
+            self.trainer.backward(loss)
             for k, v, w in (("loss", loss, 1.0), ("pg_loss", pg, w_tok), ("kl_loss", kl, w_seq),
                             ("clip_frac", st["clip_frac"], w_tok), ("ratio", st["ratio"], w_tok)):
                 agg[k] += float(v.detach()) * w
-        agg["grad_norm"] = self.optimizer_step(self.policy, self.opt, self.sched)
-        agg["lr"] = self.sched.get_last_lr()[0]
+        agg = self.all_sum(agg)                         # data parallel: each process summed its share
+        agg["grad_norm"] = self.trainer.step()
+        agg["lr"] = self.trainer.lr
         self.counts["grad_steps"] += 1
         return agg
 

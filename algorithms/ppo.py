@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from algorithms import register
+from algorithms.base import derive_seed
 from algorithms.losses import clipped_value_loss, gae, masked_mean
 from algorithms.onpolicy import OnPolicy
 
@@ -42,25 +43,26 @@ class PPO(OnPolicy):
         critic_lr: float | None = Field(None, gt=0.0, description="default: train.lr")
 
     def __init__(self, cfg, policy, tokenizer, engine, task):
+        with torch.random.fork_rng():                    # before super() wraps the policy (ZeRO-3 partitions it)
+            torch.manual_seed(derive_seed(cfg.seed, "critic_init"))
+            critic = Critic(policy).to(next(policy.parameters()).device)
         super().__init__(cfg, policy, tokenizer, engine, task)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed("critic_init"))
-            self.critic = Critic(policy).to(self.device)
-        self.critic_opt, self.critic_sched = self.make_optimizer(self.critic, self.opts.critic_lr)
+        self.critic = critic
+        self.critic_trainer = self.make_trainer(self.critic, self.opts.critic_lr, name="critic")
 
     def values(self, batch: dict, rows=None, grad: bool = False) -> torch.Tensor:
         ids, attn = batch["input_ids"], batch["attention_mask"]
         if rows is not None:
             ids, attn = ids[rows], attn[rows]
         with (torch.enable_grad() if grad else torch.no_grad()), self.autocast():
-            v = self.critic(ids.to(self.device), attn.to(self.device))
+            critic = self.critic_trainer.model if grad else self.critic   # training passes: via the trainer
+            v = critic(ids.to(self.device), attn.to(self.device))
         self.counts["train_tokens" if grad else "forward_tokens"] += int(attn.sum())
         return v
 
     def advantages(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]
-        mb = self.cfg.train.micro_batch_size
-        values = torch.cat([self.values(batch, slice(i, i + mb)) for i in range(0, len(mask), mb)]) * mask
+        values = self.map_rows(lambda rows: self.values(batch, rows), len(mask)) * mask
         rewards = torch.zeros_like(mask)
         last = (mask.cumsum(-1) * mask).argmax(-1)          # index of each row's last response token
         rewards[torch.arange(len(mask)), last] = batch["rewards"]
@@ -70,20 +72,18 @@ class PPO(OnPolicy):
 
     def train_minibatch(self, batch: dict, adv: torch.Tensor, rows: torch.Tensor) -> dict[str, float]:
         stats = super().train_minibatch(batch, adv, rows)
-        t = self.cfg.train
         tokens = float(batch["mask"][rows].sum())
         vloss_total = 0.0
-        for i in range(0, len(rows), t.micro_batch_size):
-            mrows = rows[i:i + t.micro_batch_size]
+        for mrows, w_pad in self.micro_batches(rows):
             mask = batch["mask"][mrows].to(self.device)
             v = self.values(batch, mrows, grad=True)
             vloss = clipped_value_loss(v, batch["old_values"][mrows].to(self.device),
                                        batch["returns"][mrows].to(self.device), mask, self.opts.value_clip)
-            w = float(mask.sum()) / max(tokens, 1.0)
-            (vloss * w).backward()
+            w = w_pad * float(mask.sum()) / max(tokens, 1.0)
+            self.critic_trainer.backward(vloss * w)
             vloss_total += float(vloss) * w
-        stats["value_loss"] = vloss_total
-        stats["critic_grad_norm"] = self.optimizer_step(self.critic, self.critic_opt, self.critic_sched)
+        stats["value_loss"] = self.all_sum({"v": vloss_total})["v"]
+        stats["critic_grad_norm"] = self.critic_trainer.step()
         return stats
 
     def batch_metrics(self, batch: dict) -> dict[str, float]:
@@ -92,13 +92,3 @@ class PPO(OnPolicy):
         out["value_mean"] = float(masked_mean(batch["old_values"], mask))
         out["value_mae"] = float(masked_mean((batch["old_values"] - batch["returns"]).abs(), mask))
         return out
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "critic": self.critic.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "critic_sched": self.critic_sched.state_dict()}
-
-    def load_state_dict(self, sd: dict) -> None:
-        super().load_state_dict(sd)
-        self.critic.load_state_dict(sd["critic"])
-        self.critic_opt.load_state_dict(sd["critic_opt"])
-        self.critic_sched.load_state_dict(sd["critic_sched"])

@@ -67,8 +67,15 @@ class RestEM(Algorithm):
         super().__init__(cfg, policy, tokenizer, engine, task)
         self.start = snapshot(policy)                     # every iteration fine-tunes from here
         self.start_acc: float | None = None
-        self.opt = self.sched = None
+        self.trainer = None                               # a fresh optimizer per iteration (see update)
         self.plan = 0
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.backend.name != "torch" or cfg.backend.processes != 1:
+            raise ValueError(f"restem re-creates its optimizer every iteration and supports backend torch with one "
+                             f"process only (got backend.name {cfg.backend.name!r}, processes "
+                             f"{cfg.backend.processes})")
 
     @property
     def temperature(self) -> float:
@@ -97,7 +104,7 @@ class RestEM(Algorithm):
         t, it = self.cfg.train, batch["iteration"]
         self.policy.load_state_dict(self.start)               # ReST-EM: every iteration starts from the start
         self.plan = t.epochs * math.ceil(batch["kept"] / t.batch_size)
-        self.opt, self.sched = self.make_optimizer(self.policy)
+        self.trainer = self.make_trainer(self.policy)
         select_s0 = self.engine.stats.seconds.get("restem_select", 0.0)
         if self.opts.select and self.start_acc is None:
             self.start_acc = self.validation_acc(("start",))
@@ -116,7 +123,8 @@ class RestEM(Algorithm):
                 best = snapshot(self.policy)
         if chosen < trained:                                  # the last trained epoch was not chosen: go back
             self.policy.load_state_dict(best if chosen else self.start)
-        self.opt = self.sched = None                          # nothing of the optimizer outlives the iteration
+        self.trainers.pop("policy")                           # nothing of the optimizer outlives the iteration:
+        self.trainer = None                                   # the checkpoint is the policy's weights alone
         steps = max(stats.pop("steps", 0), 1)
         out = {**batch["info"], **{k: v / steps for k, v in stats.items()}, "epochs_trained": trained,
                "chosen_epoch": chosen, "iteration_steps": self.plan,
@@ -134,12 +142,12 @@ class RestEM(Algorithm):
             for k in range(0, len(rows), t.micro_batch_size):
                 mrows = rows[k:k + t.micro_batch_size]
                 mask = batch["mask"][mrows].to(self.device)
-                logp = self.logprobs(self.policy, batch, self.temperature, mrows, grad=True)
+                logp = self.logprobs(self.trainer.model, batch, self.temperature, mrows, grad=True)
                 nll = -(logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)   # mean over each solution's tokens
-                (nll.sum() / len(rows)).backward()                        # mean over the batch's solutions
+                self.trainer.backward(nll.sum() / len(rows))              # mean over the batch's solutions
                 stats["loss"] += float(nll.detach().sum()) / len(rows)
-            stats["grad_norm"] += self.optimizer_step(self.policy, self.opt, self.sched)
-            stats["lr"] += self.sched.get_last_lr()[0]
+            stats["lr"] += self.trainer.lr                                 # the lr this step used
+            stats["grad_norm"] += self.trainer.step()
             stats["steps"] += 1
             self.counts["grad_steps"] += 1
         return stats

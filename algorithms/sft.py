@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import torch
 
 from algorithms import register
 from algorithms.base import Algorithm
@@ -14,7 +15,7 @@ from algorithms.losses import masked_mean
 class SFT(Algorithm):
     def __init__(self, cfg, policy, tokenizer, engine, task):
         super().__init__(cfg, policy, tokenizer, engine, task)
-        self.opt, self.sched = self.make_optimizer(policy)
+        self.trainer = self.make_trainer(policy)
 
     def total_steps(self) -> int:
         return self.cfg.train.iterations
@@ -27,16 +28,14 @@ class SFT(Algorithm):
         return self.pad(prompts, targets)
 
     def update(self, batch: dict) -> dict[str, float]:
-        t = self.cfg.train
-        n, tokens = len(batch["mask"]), float(batch["mask"].sum())
+        tokens = float(batch["mask"].sum())
         total = 0.0
-        for i in range(0, n, t.micro_batch_size):
-            rows = slice(i, i + t.micro_batch_size)
+        for rows, w in self.micro_batches(torch.arange(len(batch["mask"]))):
             mask = batch["mask"][rows].to(self.device)
-            logp = self.logprobs(self.policy, batch, 1.0, rows, grad=True)
-            loss = -masked_mean(logp, mask) * float(mask.sum()) / tokens
-            loss.backward()
+            logp = self.logprobs(self.trainer.model, batch, 1.0, rows, grad=True)
+            loss = -masked_mean(logp, mask) * float(mask.sum()) / tokens * w
+            self.trainer.backward(loss)
             total += loss.item()
-        grad_norm = self.optimizer_step(self.policy, self.opt, self.sched)
+        grad_norm = self.trainer.step()
         self.counts["grad_steps"] += 1
-        return {"loss": total, "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0]}
+        return {"loss": self.all_sum({"loss": total})["loss"], "grad_norm": grad_norm, "lr": self.trainer.lr}

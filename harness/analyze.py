@@ -160,10 +160,14 @@ def load_snapshot(run_dir: Path, path: Path | None):
     runner = Runner(load_run_config(run_dir / "config.yaml"), run_dir)
     if path is not None:
         snap = torch.load(path, map_location=runner.device, weights_only=False)
-        snap = snap.get("algo", snap)                  # latest.pt holds the whole algorithm state
-        runner.policy.load_state_dict(snap["policy"])
-        if "critic" in snap:
-            runner.algo.critic.load_state_dict(snap["critic"])
+        if "loop" in snap:                             # latest.pt: the weights are in its trainers' save<N>/
+            for name, tr in runner.algo.trainers.items():
+                tr.load(path.parent / snap["loop"]["tag"] / name)
+        else:
+            runner.policy.load_state_dict(snap["policy"])
+            if "critic" in snap:
+                runner.algo.critic.load_state_dict(snap["critic"])
+        runner.sync_engine()
     runner.engine.progress = False
     return runner.algo
 

@@ -96,8 +96,53 @@ class EvalConfig(Strict):
 
 
 class EngineConfig(Strict):
-    name: Literal["hf"] = "hf"
-    chunk_size: int = Field(1024, ge=1)
+    """Generation engine. `hf`: a decode loop on the training model itself. `vllm`: an in-process vLLM `LLM` that
+    receives the policy's weights after every update (harness/engines/vllm.py; needs the `vllm` package)."""
+    name: Literal["hf", "vllm"] = "hf"
+    chunk_size: int = Field(1024, ge=1, description="hf: sequences decoded together")
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0,
+                                          description="vllm: share of GPU memory for weights + KV cache")
+    enable_prefix_caching: bool = Field(True, description="vllm: K rollouts of a prefix share its KV cache")
+    sleep: bool = Field(False, description="vllm (GPU): free weights + KV cache between generations")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: int | None = Field(None, ge=16, description="vllm: default: the model's max positions")
+    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (faster start, slower decode)")
+    kv_cache_gb: int = Field(1, ge=1, description="vllm on CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE)")
+
+    @model_validator(mode="after")
+    def _options_of_engine(self):
+        if self.name == "hf":
+            vllm_only = _changed(self, exclude=("name", "chunk_size"))
+            if vllm_only:
+                raise ValueError(f"engine.{vllm_only[0]} applies to engine.name: vllm only (got name: hf)")
+        return self
+
+
+def _changed(cfg: BaseModel, exclude=()) -> list[str]:
+    """Fields whose value differs from the default (a dumped config sets every field, so fields_set won't do)."""
+    return [k for k, f in type(cfg).model_fields.items() if k not in exclude and getattr(cfg, k) != f.default]
+
+
+class BackendConfig(Strict):
+    """Training backend (harness/backends.py). `torch`: plain PyTorch, one process. `deepspeed`: ZeRO stage 0-3,
+    optional CPU optimizer offload, `processes` data-parallel processes per run (torchrun; see README)."""
+    name: Literal["torch", "deepspeed"] = "torch"
+    processes: int = Field(1, ge=1, description="data-parallel processes (GPUs) per run; > 1 needs deepspeed")
+    zero_stage: int = Field(0, ge=0, le=3)
+    offload_optimizer: bool = Field(False, description="ZeRO >= 1: optimizer states + step on the CPU")
+    torch_adam: bool = Field(True, description="torch's AdamW instead of DeepSpeed's JIT-compiled fused Adam")
+    bf16_weights: bool = Field(False, description="DeepSpeed bf16 mode: bf16 weights, fp32 master copy")
+    extensions_dir: str | None = Field(None, description="cache of JIT-built ops; default .cache/torch_extensions")
+
+    @model_validator(mode="after")
+    def _options_of_backend(self):
+        if self.name == "torch":
+            ds_only = _changed(self, exclude=("name",))
+            if ds_only:
+                raise ValueError(f"backend.{ds_only[0]} needs backend.name: deepspeed (got name: torch)")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("backend.offload_optimizer needs backend.zero_stage >= 1 (got 0)")
+        return self
 
 
 class Resources(Strict):
@@ -120,6 +165,7 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
+    backend: BackendConfig = BackendConfig()
     algo: dict[str, Any] = {}
     resources: Resources = Resources()
     progress: bool = True

@@ -3,17 +3,23 @@
     python -m harness.run RUN_DIR        (what the sweep's executors call, through `execute`)
 
 Files (see results/README.md): config.yaml (written by the sweep), metrics.jsonl (append-only), status.json,
-checkpoints/latest.pt (resumable: algorithm state + loop state + metrics row count), final/ (HF save_pretrained),
-and with `train.keep_every: N` weight snapshots checkpoints/iter_XXXXXX.pt for harness.analyze.
-A run found with a checkpoint resumes from it; every random draw depends only on (seed, iteration, purpose), so a
-resumed CPU run writes exactly the rows an uninterrupted one would (timing columns aside).
+checkpoints/latest.pt (loop state + metrics row count + which checkpoints/<tag>/ holds the trainers' models,
+optimizers and schedules), final/ (HF save_pretrained), and with `train.keep_every: N` weight snapshots
+checkpoints/iter_XXXXXX.pt for harness.analyze. A run found with a checkpoint resumes from it; every random draw
+depends only on (seed, iteration, purpose), so a resumed CPU run writes exactly the rows an uninterrupted one would
+(timing columns aside).
+
+`backend.processes: N` > 1: `execute` relaunches this module under torchrun with N processes (one per GPU); they
+run the same loop on the same batches (harness/dist.py) and process 0 writes every file.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -22,9 +28,8 @@ from pathlib import Path
 import torch
 
 import algorithms
-from harness import models, tasks
+from harness import dist, engines, models, tasks
 from harness.config import RunConfig, load_run_config
-from harness.engines.hf import HFEngine
 from harness.evaluate import evaluate
 from harness.metrics import MetricsLog, estimate_flops, read_json, write_status
 
@@ -33,11 +38,11 @@ PHASES = ("generate", "mc_rollouts")
 
 def charged_devices(device: torch.device) -> int:
     """Devices a run is charged for: on SLURM the job's GPU allocation (what the cluster bills, used or not),
-    else the GPUs torch sees; a CPU-only run counts as one device."""
+    else the GPUs its processes use; a CPU-only run counts as one device."""
     gpus = int(os.environ.get("SLURM_GPUS_ON_NODE") or 0) if os.environ.get("SLURM_JOB_ID") else 0
     if gpus:
         return gpus * int(os.environ.get("SLURM_JOB_NUM_NODES") or 1)
-    return max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
+    return max(1, dist.world()) if device.type == "cuda" else 1   # one GPU per process
 
 
 class Runner:
@@ -55,29 +60,45 @@ class Runner:
             mcfg = mcfg.model_copy(update={"init_run": None, "path": str(start)})
         torch.manual_seed(cfg.seed)
         self.tokenizer, self.policy = models.load(mcfg, seed=cfg.seed)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = dist.device()
         self.policy.to(self.device)
         self.n_params = models.num_params(self.policy)
-        self.engine = HFEngine(self.policy, self.tokenizer, cfg.engine.chunk_size, cfg.progress)
+        self.engine = engines.build(cfg, self.policy, self.tokenizer)
         self.algo = algorithms.get(cfg.algorithm)(cfg, self.policy, self.tokenizer, self.engine, self.task)
+        self.main = dist.is_main()                           # process 0 writes every file
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.devices = charged_devices(self.device)
         # Loop state: everything a checkpoint must restore besides the algorithm. device_s is accumulated, not
         # derived, because a requeued job may get a different allocation.
         self.state = {"iteration": 0, "wall_s": 0.0, "eval_s": 0.0, "device_s": 0.0, "tokens_generated": 0,
-                      "tokens_prompt": 0, "rows": 0}
+                      "tokens_prompt": 0, "rows": 0, "saves": 0}
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path:
         return self.dir / "checkpoints" / "latest.pt"
 
-    def save_checkpoint(self) -> None:
-        self.state["rows"] = self.metrics.rows()
-        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save({"algo": self.algo.state_dict(), "loop": dict(self.state)}, tmp)
-        os.replace(tmp, self.ckpt_path)
+    def save_checkpoint(self, trainers: bool = True) -> None:
+        """Trainers (every process: DeepSpeed writes per-process shards) into a fresh checkpoints/<tag>/, then
+        latest.pt, naming that tag, replaced atomically: a crash anywhere leaves the previous checkpoint in force.
+        trainers=False (nothing trained since the last save) rewrites latest.pt only."""
+        ck = self.ckpt_path.parent
+        ck.mkdir(parents=True, exist_ok=True)              # (an algorithm may hold no trainer: RestEM)
+        if trainers or "tag" not in self.state:
+            self.state["saves"] += 1
+            self.state["tag"] = f"save{self.state['saves']}"
+            for name, tr in self.algo.trainers.items():
+                tr.save(ck / self.state["tag"] / name)
+            dist.barrier()
+        if self.main:
+            self.state["rows"] = self.metrics.rows()
+            tmp = self.ckpt_path.with_suffix(".tmp")
+            torch.save({"algo": self.algo.state_dict(), "loop": dict(self.state)}, tmp)
+            os.replace(tmp, self.ckpt_path)
+            for old in ck.iterdir():
+                if old.is_dir() and old.name != self.state["tag"]:
+                    shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
 
     def maybe_snapshot(self) -> None:
         """`train.keep_every`: keep the weights at iterations 0, N, 2N, ... and the last one (what harness.analyze
@@ -86,15 +107,22 @@ class Runner:
         if not every or (it % every and it != self.cfg.train.iterations):
             return
         path = self.dir / "checkpoints" / f"iter_{it:06d}.pt"
-        if path.exists():
+        exists = path.exists()
+        dist.barrier()                                      # every process decided before process 0 writes
+        if exists:
             return
-        snap = {"iteration": it, "algorithm": self.cfg.algorithm, "policy": self.policy.state_dict()}
-        if isinstance(getattr(self.algo, "critic", None), torch.nn.Module):
-            snap["critic"] = self.algo.critic.state_dict()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(snap, tmp)
-        os.replace(tmp, path)
+        snap = {"iteration": it, "algorithm": self.cfg.algorithm}
+        for name in ("policy", "critic"):
+            if name == "policy" or name in self.algo.trainers:
+                with (self.full_policy() if name == "policy" else self.algo.trainers[name].full_model()) as model:
+                    if self.main:                           # (collective under ZeRO-3)
+                        snap[name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if self.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(snap, tmp)
+            os.replace(tmp, path)
+        dist.barrier()
 
     def maybe_resume(self) -> None:
         if self.ckpt_path.exists():
@@ -102,10 +130,27 @@ class Runner:
             self.algo.load_state_dict(ck["algo"])
             self.state = ck["loop"]
             self.state.setdefault("device_s", self.state["wall_s"] * self.devices)
-            self.metrics.truncate(self.state["rows"])
-            print(f"[{self.run_id}] resumed at iteration {self.state['iteration']}", flush=True)
-        elif self.metrics.path.exists():
+            for name, tr in self.algo.trainers.items():
+                tr.load(self.ckpt_path.parent / self.state["tag"] / name)
+            if self.main:
+                self.metrics.truncate(self.state["rows"])
+                print(f"[{self.run_id}] resumed at iteration {self.state['iteration']}", flush=True)
+        elif self.main and self.metrics.path.exists():
             self.metrics.truncate(0)                        # started before but never checkpointed: start over
+        dist.barrier()                                      # every process reads metrics.jsonl after this
+        self.sync_engine()
+
+    def sync_engine(self) -> None:
+        """Give the generation engine the policy's current weights (vLLM, or an HF engine's own copy under ZeRO-3:
+        an in-memory copy; an HF engine on the training model itself: nothing to do)."""
+        with self.full_policy() as model:
+            self.engine.sync(model)
+
+    def full_policy(self):
+        """The policy with all its weights in place: through its trainer (ZeRO-3 gathers shards), or the module
+        itself while the algorithm holds no policy trainer (DPO before its pairs exist, RestEM between iterations)."""
+        tr = self.algo.trainers.get("policy")
+        return tr.full_model() if tr else contextlib.nullcontext(self.policy)
 
     # --- metrics -----------------------------------------------------------------------------------------------
     def compute_columns(self) -> dict:
@@ -124,10 +169,11 @@ class Runner:
             self.engine.stats.pop()                         # evaluation compute is not training compute
             self.state["eval_s"] += res["t_eval"]
             row = {"kind": "eval", **self.compute_columns(), **res}
-            self.metrics.append(row)
-            greedy = f" greedy {res['acc_greedy']:.3f}" if "acc_greedy" in res else ""
-            print(f"[{self.run_id}] eval it {self.state['iteration']} {split}: acc {res['acc']:.3f}{greedy} "
-                  f"({res['t_eval']:.1f}s)", flush=True)
+            if self.main:
+                self.metrics.append(row)
+                greedy = f" greedy {res['acc_greedy']:.3f}" if "acc_greedy" in res else ""
+                print(f"[{self.run_id}] eval it {self.state['iteration']} {split}: acc {res['acc']:.3f}{greedy} "
+                      f"({res['t_eval']:.1f}s)", flush=True)
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> bool:
@@ -146,49 +192,69 @@ class Runner:
             if (it == 0 and cfg.eval.at_start) or (it > 0 and every and it % every == 0):
                 self.run_eval(cfg.eval.splits)
             t0 = time.perf_counter()
+            counts_before = dict(self.algo.counts)
             batch = self.algo.collect(it)
             t1 = time.perf_counter()
             stats = self.algo.update(batch)
             t2 = time.perf_counter()
+            self.sync_engine()
+            t3 = time.perf_counter()
+            self._sum_counts_over_processes(counts_before)
             eng = self.engine.stats.pop()
             gen_s = {p: eng.seconds.get(p, 0.0) for p in PHASES}
             self.state["iteration"] = it + 1
-            self.state["wall_s"] += t2 - t0
-            self.state["device_s"] += (t2 - t0) * self.devices
+            self.state["wall_s"] += t3 - t0
+            self.state["device_s"] += (t3 - t0) * self.devices
             self.state["tokens_generated"] += sum(eng.new_tokens.values())
             self.state["tokens_prompt"] += sum(eng.prompt_tokens.values())
             row = {"kind": "train", **self.compute_columns(),
                    **{f"t_{p}": round(v, 4) for p, v in gen_s.items()},
                    "t_collect_other": round(t1 - t0 - sum(gen_s.values()), 4), "t_train": round(t2 - t1, 4),
+                   "t_sync": round(t3 - t2, 4),
                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()}}
-            self.metrics.append(row)
+            if self.main:
+                self.metrics.append(row)
             self.maybe_snapshot()
-            if (it + 1) % log_every == 0 or it == 0:
+            if self.main and ((it + 1) % log_every == 0 or it == 0):
                 print(f"[{self.run_id}] it {it + 1}/{n_it} " + " ".join(
                     f"{k} {row[k]:.3g}" for k in ("train_reward", "loss", "kl", "value_loss") if k in row) +
                     f" | gen {gen_s['generate']:.1f}s mc {gen_s['mc_rollouts']:.1f}s train {t2 - t1:.1f}s"
                     f" | wall {self.state['wall_s']:.0f}s", flush=True)
             if (it + 1) % cfg.train.checkpoint_every == 0 or it + 1 == n_it:
                 self.save_checkpoint()
-                write_status(self.dir, "running", iteration=it + 1, total=n_it)
+                if self.main:
+                    write_status(self.dir, "running", iteration=it + 1, total=n_it)
         if not self._final_eval_done():
             self.run_eval(cfg.eval.final_splits)
-            self.save_checkpoint()
+            self.save_checkpoint(trainers=False)
         self.save_final()
         return True
+
+    def _sum_counts_over_processes(self, before: dict) -> None:
+        """Data parallel: each process counted the tokens it pushed through its models; the run did the sum."""
+        if dist.world() == 1:
+            return
+        keys = [k for k in self.algo.counts if k.endswith("_tokens")]
+        delta = dist.all_sum({k: self.algo.counts[k] - before.get(k, 0) for k in keys})
+        for k in keys:
+            self.algo.counts[k] = before.get(k, 0) + int(delta[k])
 
     def _final_eval_done(self) -> bool:
         from harness.metrics import read_jsonl
         done = {r["split"] for r in read_jsonl(self.metrics.path)
                 if r.get("kind") == "eval" and r["iteration"] == self.cfg.train.iterations}
-        return set(self.cfg.eval.final_splits) <= done
+        return set(self.cfg.eval.final_splits) <= done       # the same file for every process
 
     def save_final(self) -> None:
+        """HF save_pretrained of the policy: consolidated (ZeRO-3 gathers the shards), written by process 0."""
         final, tmp = self.dir / "final", self.dir / "final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        models.save(self.policy, self.tokenizer, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with self.full_policy() as model:
+            if self.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                models.save(model, self.tokenizer, tmp)
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+        dist.barrier()
 
 
 def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
@@ -199,20 +265,48 @@ def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
         return "done"
     cfg = load_run_config(run_dir / "config.yaml")
     threads = cfg.threads or threads or int(os.environ.get("HARNESS_THREADS", 0)) or os.cpu_count()
+    launched = dist.launched_processes()
+    if cfg.backend.processes > 1 and launched == 1:
+        return launch_processes(run_dir, cfg.backend.processes, threads)
+    if launched != cfg.backend.processes:
+        raise ValueError(f"{run_dir}: launched with {launched} processes but backend.processes is "
+                         f"{cfg.backend.processes}")
+    dist.init()
+    main = dist.is_main()
     torch.set_num_threads(threads)
     log = os.environ.get("HARNESS_LOG", "")
-    write_status(run_dir, "running", pid=os.getpid(), host=socket.gethostname(), threads=threads,
-                 job_id=os.environ.get("SLURM_JOB_ID"), log=log, started=time.time(), error=None)
+    if main:
+        write_status(run_dir, "running", pid=os.getpid(), host=socket.gethostname(), threads=threads,
+                     job_id=os.environ.get("SLURM_JOB_ID"), log=log, started=time.time(), error=None,
+                     processes=dist.world())
     try:
         finished = Runner(cfg, run_dir, stop).run()
     except BaseException as e:
         msg = (traceback.format_exception_only(type(e), e)[-1].strip() or type(e).__name__)
-        write_status(run_dir, "failed", error=msg)
+        write_status(run_dir, "failed", error=f"process {dist.rank()}: {msg}" if dist.world() > 1 else msg)
         raise
     if not finished:
-        write_status(run_dir, "stopped")
+        if main:
+            write_status(run_dir, "stopped")
         return "stopped"
-    write_status(run_dir, "done", finished=time.time())
+    if main:
+        write_status(run_dir, "done", finished=time.time())
+    return "done"
+
+
+def launch_processes(run_dir: Path, n: int, threads: int) -> str:
+    """Run this module under torchrun with n processes on this machine (inside one SLURM job: the job asks for
+    n GPUs). Threads are shared out between the processes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "harness.run", str(run_dir), "--threads", str(max(1, threads // n))]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
+    rc = subprocess.run(cmd, env=env).returncode
+    state = read_json(run_dir / "status.json", {}).get("state")
+    if rc != 0 or state != "done":
+        if state != "failed":
+            write_status(run_dir, "failed", error=f"torchrun exited with status {rc}")
+        raise RuntimeError(f"{run_dir}: torchrun with {n} processes failed (exit status {rc})")
     return "done"
 
 

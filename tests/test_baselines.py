@@ -163,7 +163,7 @@ def test_dpo_pairs_plan_schedule_and_counts(char_tok):
     # 4 problems x 4 samples: samples 0, 2 correct, 1 wrong, 3 unfinished -> 2 x 2 = 4 pairs per problem, 16 pairs;
     # batch 4 pairs, 2 epochs -> 8 steps over 3 iterations: 2, 3, 3.
     algo, eng = build("dpo", char_tok, train={"epochs": 2}, algo={"beta": 0.1})
-    assert algo.total_steps() == 0 and algo.opt is None
+    assert algo.total_steps() == 0 and algo.trainer is None and not algo.trainers
     before = params(algo.policy)
     b0 = algo.collect(0)
     assert eng.calls == [("generate", 4, 4, algo.seed(0, "generate"))]
@@ -180,20 +180,22 @@ def test_dpo_pairs_plan_schedule_and_counts(char_tok):
     assert sorted(torch.cat([algo.step_rows(s) for s in range(4)]).tolist()) == list(range(16))  # epoch 0
     for i in (1, 2):
         algo.update(algo.collect(i))
-    assert algo.counts["grad_steps"] == 8 and algo.sched.get_last_lr()[0] == 0.0     # linear decay ends at 0
+    assert algo.counts["grad_steps"] == 8 and algo.trainer.lr == 0.0     # linear decay ends at 0
 
 
-def test_dpo_resume_continues_on_identical_data(char_tok):
+def test_dpo_resume_continues_on_identical_data(char_tok, tmp_path):
     a, _ = build("dpo", char_tok)
     a.update(a.collect(0))
-    sd = copy.deepcopy(a.state_dict())                  # what the run loop's torch.save captures
+    sd = copy.deepcopy(a.state_dict())                  # what the run loop saves: latest.pt ...
+    a.trainers["policy"].save(tmp_path / "policy")     # ... and each trainer's state
     a.update(a.collect(1))
     b, eng_b = build("dpo", char_tok)
     b.load_state_dict(sd)
+    b.trainers["policy"].load(tmp_path / "policy")
     b.update(b.collect(1))
     assert eng_b.calls == []                                          # no sampling again after a resume
     assert same(params(a.policy), params(b.policy)) and a.counts == b.counts
-    assert a.opt.state_dict()["state"][0]["step"] == b.opt.state_dict()["state"][0]["step"]
+    assert a.trainer.opt.state_dict()["state"][0]["step"] == b.trainer.opt.state_dict()["state"][0]["step"]
 
 
 # --- RestEM ---------------------------------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ def test_restem_every_iteration_starts_from_the_starting_checkpoint(char_tok):
     assert not same(start, params(algo.policy)) and out0["chosen_epoch"] == 2 and out0["epochs_trained"] == 2
     algo.update(b1)
     assert len(at_epoch1) == 2 and all(same(start, p) for p in at_epoch1)
-    assert algo.counts["grad_steps"] == 2 * 2 + 1 * 2 and algo.opt is None
+    assert algo.counts["grad_steps"] == 2 * 2 + 1 * 2 and algo.trainer is None and not algo.trainers
     # the result of iteration 1 depends only on its own data, not on what iteration 0 trained
     fresh, _ = build("restem", char_tok, algo={"select": False}, train={"epochs": 2})
     fresh.update(b1)

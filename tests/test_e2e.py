@@ -34,7 +34,8 @@ groups:
       - {algorithm: ppo, train.iterations: 3}
       - {algorithm: vineppo, train.iterations: 3, algo: {K: 2}}
 """
-TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train"}
+TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
+          "t_sync"}
 
 
 def env():

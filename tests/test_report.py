@@ -132,9 +132,10 @@ def test_keep_every_snapshots_and_analysis_cli(tmp_path):
     files = sorted(p.name for p in (ppo / "checkpoints").glob("iter_*.pt"))
     assert files == ["iter_000000.pt", "iter_000002.pt", "iter_000003.pt"]      # 0, every 2, and the last
     snap = torch.load(ppo / "checkpoints" / "iter_000003.pt", weights_only=False)
-    latest = torch.load(ppo / "checkpoints" / "latest.pt", weights_only=False)["algo"]
+    tag = torch.load(ppo / "checkpoints" / "latest.pt", weights_only=False)["loop"]["tag"]
+    latest = torch.load(ppo / "checkpoints" / tag / "critic" / "state.pt", weights_only=False)["model"]
     assert snap["iteration"] == 3 and set(snap) >= {"policy", "critic"}
-    assert all(torch.equal(snap["critic"][k], latest["critic"][k]) for k in latest["critic"])
+    assert all(torch.equal(snap["critic"][k], latest[k]) for k in latest)
     assert sorted(snapshots(ppo)) == [0, 2, 3]
     assert not list((tmp_path / runs[0].id / "checkpoints").glob("iter_*"))       # keep_every 0: none
     args = [sys.executable, "-m", "harness.analyze", "values", str(tmp_path), "--problems", "2", "--gt-rollouts",

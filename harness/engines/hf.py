@@ -87,6 +87,24 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: t
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
+def finish_sample(tokenizer, prompt_index: int, ids: list[int], stop: tuple[str, ...]) -> Sample:
+    """Sample from raw generated ids (every engine): text cut before the first stop string, ids cut to the shortest
+    prefix covering that text and closed with EOS; finished = ended by EOS or a stop string."""
+    eos = tokenizer.eos_token_id
+    finished = bool(ids) and ids[-1] == eos
+    text = tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True)
+    for s in stop:
+        k = text.find(s)
+        if k >= 0:
+            text, finished = text[:k], True
+            # Keep the shortest token prefix that covers the text before the stop string, then close with EOS.
+            for cut in range(len(ids) + 1):
+                if len(tokenizer.decode(ids[:cut], skip_special_tokens=True)) >= k:
+                    break
+            ids = ids[:cut] + [eos]
+    return Sample(prompt_index, ids, text, finished)
+
+
 class HFEngine:
     def __init__(self, model, tokenizer, chunk_size: int = 1024, progress: bool = True):
         self.model, self.tokenizer = model, tokenizer
@@ -94,8 +112,14 @@ class HFEngine:
         self.stats = EngineStats()
 
     def sync(self, model) -> None:
-        """The HF engine samples from the training model object itself; nothing to copy."""
-        self.model = model
+        """Sampling from the training model itself (the default): nothing to do. From its own copy (ZeRO-3): copy the
+        weights in, in place."""
+        if model is self.model:
+            return
+        own = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                own[name].copy_(p)
 
     def encode_prompt(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -113,7 +137,7 @@ class HFEngine:
         rows = [(i, j) for i in range(len(prompts)) for j in range(n) if budgets[i] > 0]
         # Lexicographic order: a chunk holds the nested step prefixes of the same responses (shared prefill).
         rows.sort(key=lambda r: prompts[r[0]])
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(next(self.model.parameters()).device).manual_seed(seed)   # on the logits' device
         out: dict[tuple[int, int], Sample] = {}
         was_training = self.model.training
         self.model.eval()
@@ -134,19 +158,7 @@ class HFEngine:
         return [out.get((i, j)) or Sample(i, [], "", False) for i in range(len(prompts)) for j in range(n)]
 
     def _finish(self, prompt_index: int, ids: list[int], stop: tuple[str, ...]) -> Sample:
-        eos = self.tokenizer.eos_token_id
-        finished = bool(ids) and ids[-1] == eos
-        text = self.tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True)
-        for s in stop:
-            k = text.find(s)
-            if k >= 0:
-                text, finished = text[:k], True
-                # Keep the shortest token prefix that covers the text before the stop string, then close with EOS.
-                for cut in range(len(ids) + 1):
-                    if len(self.tokenizer.decode(ids[:cut], skip_special_tokens=True)) >= k:
-                        break
-                ids = ids[:cut] + [eos]
-        return Sample(prompt_index, ids, text, finished)
+        return finish_sample(self.tokenizer, prompt_index, ids, stop)
 
     @staticmethod
     def _roots(prompts: list[list[int]]) -> tuple[list[int], list[int]]:

@@ -1,0 +1,170 @@
+"""Training backends: one trained model with its AdamW and learning-rate schedule, behind five calls.
+
+    tr = build_trainer(cfg, model, lr, total_steps)
+    out = tr.model(**inputs)   # training forward passes go through tr.model (DeepSpeed: the engine)
+    tr.backward(loss)          # once per micro-batch; gradients accumulate
+    grad_norm = tr.step()      # clip, optimizer step, schedule step, zero grads
+    tr.save(dir) / tr.load(dir)            # resumable state (every process calls: DeepSpeed writes shards)
+    with tr.full_model() as m: ...         # the module with all its weights in place (ZeRO-3 gathers them)
+
+`torch` (default): plain PyTorch, one process. `deepspeed`: the same optimizer and schedule run by a DeepSpeed engine
+with ZeRO stage 0-3 (optionally optimizer states + step on the CPU), one or several processes. Forward passes that
+need no gradient may call the module itself (ZeRO-3 installs its parameter-gathering hooks on it).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from harness import dist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lr_factor(tcfg, total: int):
+    """Linear warmup over `warmup_ratio` of the planned steps, then linear decay to 0 at the last (or constant)."""
+    warm = int(math.ceil(tcfg.warmup_ratio * total))
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 1.0 if tcfg.schedule == "constant" else max(0.0, (total - step) / max(1, total - warm))
+    return factor
+
+
+def adamw_args(tcfg, lr: float) -> dict:
+    return {"lr": lr, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": tcfg.weight_decay}
+
+
+def build_trainer(cfg, model, lr: float, total_steps: int):
+    if cfg.backend.name == "deepspeed":
+        return DeepSpeedTrainer(model, lr, total_steps, cfg.train, cfg.backend)
+    return TorchTrainer(model, lr, total_steps, cfg.train)
+
+
+class TorchTrainer:
+    def __init__(self, model, lr, total_steps, tcfg):
+        self.model, self.clip = model, tcfg.grad_clip
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **adamw_args(tcfg, lr))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(tcfg, total_steps))
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / "state.pt.tmp"
+        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                    "sched": self.sched.state_dict()}, tmp)
+        os.replace(tmp, path / "state.pt")
+
+    def load(self, path: Path) -> None:
+        sd = torch.load(path / "state.pt", map_location=next(self.model.parameters()).device, weights_only=False)
+        self.model.load_state_dict(sd["model"])
+        self.opt.load_state_dict(sd["opt"])
+        self.sched.load_state_dict(sd["sched"])
+
+    @contextlib.contextmanager
+    def full_model(self):
+        yield self.model
+
+
+class DeepSpeedTrainer:
+    """A DeepSpeed engine with the same AdamW (torch's, unless offloaded) and schedule as TorchTrainer.
+
+    - Gradient accumulation is ours (`managed_gradient_accumulation: false`): backward() only accumulates, step()
+      reduces across processes and updates, whatever the number of micro-batches.
+    - Each process's loss is its share of the minibatch loss (weights relative to the whole minibatch), so the
+      gradient is the *sum* over processes; DeepSpeed averages, hence the factor `world` in backward().
+    - ZeRO >= 1 clips and reports the pre-clip norm itself; at stage 0 (no ZeRO optimizer) an optimizer pre-step
+      hook does it, after DeepSpeed's all-reduce, like TorchTrainer.
+    - train.precision bf16 = torch autocast inside the engine (fp32 weights, gradients and reductions), as with
+      TorchTrainer; `bf16_weights` switches to DeepSpeed's bf16 mode (bf16 weights, fp32 master copy).
+    """
+
+    def __init__(self, model, lr, total_steps, tcfg, bcfg):
+        # JIT-built ops (shm comm on CPU, cpu_adam for offload) are compiled once into this cache (~45 s each).
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(bcfg.extensions_dir or ROOT / ".cache" /
+                                                               "torch_extensions").resolve()))
+        import deepspeed
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        dist.init(force=True)
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.stage, self.world = bcfg.zero_stage, dist.world()
+        a = adamw_args(tcfg, lr)
+        # memory_efficient_linear would replace torch.nn.functional.linear for the whole process, for good.
+        zero: dict = {"stage": bcfg.zero_stage, "memory_efficient_linear": False}
+        if bcfg.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        native_clip = bcfg.zero_stage > 0 or bcfg.bf16_weights
+        config = {
+            "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,
+            "optimizer": {"type": "AdamW", "params": {**a, "betas": list(a["betas"]),
+                                                      "torch_adam": bcfg.torch_adam and not bcfg.offload_optimizer}},
+            "gradient_clipping": tcfg.grad_clip if native_clip else 0.0,
+            "zero_optimization": zero,
+            "bf16": {"enabled": bcfg.bf16_weights},
+            # The engine's forward switches off an autocast it does not own: give it ours (train.precision: bf16),
+            # with no module's gradients communicated in bf16 (the default list would).
+            "torch_autocast": {"enabled": tcfg.precision == "bf16" and not bcfg.bf16_weights, "dtype": "bfloat16",
+                               "lower_precision_safe_modules": []},
+            "steps_per_print": 2 ** 62, "wall_clock_breakdown": False,
+        }
+        factor = lr_factor(tcfg, total_steps)
+        self.engine, self.opt, _, self.sched = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+        # Training forwards go through the engine: ZeRO-3 counts micro-steps there (accumulate vs overwrite grads).
+        self.model, self.module = self.engine, self.engine.module
+        self._norm = float("nan")
+        if not native_clip:
+            def clip(opt, args, kwargs):
+                self._norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), tcfg.grad_clip))
+            self.engine.optimizer.register_step_pre_hook(clip)
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss * self.world, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None and (self.stage > 0 or self.engine.bfloat16_enabled()) else self._norm
+
+    def save(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path), tag="state")
+
+    def load(self, path: Path) -> None:
+        load_path, _ = self.engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {path}")
+
+    @contextlib.contextmanager
+    def full_model(self):
+        if self.stage < 3:
+            yield self.module
+            return
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+            yield self.module
