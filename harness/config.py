@@ -313,20 +313,26 @@ def expand(sweep: SweepConfig, where: str = "sweep") -> list[Run]:
     return runs
 
 
-def load_sweep(path: str | Path) -> tuple[SweepConfig, list[Run]]:
+def load_yaml_model(path: str | Path, model: type[BaseModel], missing: str = "no such file"):
+    """`model` validated from the YAML mapping in `path`; every problem is a ConfigError naming the file (an empty
+    file is an empty mapping)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+        raise ConfigError(f"{path}: {missing}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
+    if not isinstance(data if data is not None else {}, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        sweep = SweepConfig.model_validate(data)
+        return model.model_validate(data if data is not None else {})
     except ValidationError as e:
         raise ConfigError(f"{path}: " + "; ".join(_fmt_error(x) for x in e.errors())) from None
+
+
+def load_sweep(path: str | Path) -> tuple[SweepConfig, list[Run]]:
+    sweep = load_yaml_model(path, SweepConfig)
     return sweep, expand(sweep, str(path))
 
 

@@ -161,8 +161,8 @@ def table(df: pd.DataFrame) -> str:
             else:
                 row += f" not reached (0/{n}) | – |"
         lines.append(row.replace("± nan", "").replace("nan", "–"))
-    notes = ["", f"Test accuracy: each run's evaluation after its last iteration; CI = t-interval over seeds. "
-                 f"Wall-clock excludes evaluation."]
+    notes = ["", "Test accuracy: each run's evaluation after its last iteration; CI = t-interval over seeds. "
+                 "Wall-clock excludes evaluation."]
     return "\n".join(lines + notes) + "\n"
 
 

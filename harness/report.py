@@ -314,7 +314,6 @@ def write(results: Path, df: pd.DataFrame, split: str) -> Path:
 
     e = eval_frame(results, split)
     e = e[e.label.notna()]
-    color = lambda lab, i: P.color(lab, i)  # noqa: E731
     e["label"] = e.label.map(P.display)
     L += ["## KL–accuracy frontier", ""]
     frontier = {}
@@ -385,7 +384,7 @@ def paper_vs_ours(df, fin, vals, frontier, slopes, kres) -> list[str]:
                  f"{np.mean(vals['ppo']['top1']):.2f} / {np.mean(vals['vineppo']['top1']):.2f} (random "
                  f"{np.mean(vals['ppo']['random'] + vals['vineppo']['random']):.2f}) |")
     if kres:
-        L.append(f"| K ablation, VinePPO final accuracy | K=1 19.9 / K=3 21.3 / K=9 23.0 % | "
+        L.append("| K ablation, VinePPO final accuracy | K=1 19.9 / K=3 21.3 / K=9 23.0 % | "
                  + " / ".join(f"K={K} {a:.3f}" for K, a in sorted(kres.items())) + " |")
     if frontier:
         L.append("| accuracy at equal KL | VinePPO higher at any KL [SEC] | "

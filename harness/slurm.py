@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import submitit
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from harness.config import ConfigError, Strict, _fmt_error
+from harness.config import ConfigError, Strict, load_yaml_model
 from harness.metrics import atomic_write, write_status
 
 
@@ -50,17 +49,7 @@ class Profile(Strict):
 
 
 def load_profile(path: str | Path) -> Profile:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such cluster profile (see slurm/ for examples)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    try:
-        return Profile.model_validate(data if data is not None else {})
-    except ValidationError as e:
-        raise ConfigError(f"{path}: " + "; ".join(_fmt_error(x) for x in e.errors())) from None
+    return load_yaml_model(path, Profile, missing="no such cluster profile (see slurm/ for examples)")
 
 
 def job_resources(run, p: Profile, where: str = "") -> dict:

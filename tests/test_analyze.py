@@ -12,7 +12,7 @@ from algorithms.base import derive_seed
 from harness import analyze
 from harness.analyze import mae, response_states, top1
 from harness.config import RunConfig
-from harness.engines.hf import HFEngine, Sample
+from harness.engines.hf import Sample
 from harness.models import tiny_llama
 from harness.tasks import get
 from test_vineppo import RESPONSE, build

@@ -157,6 +157,15 @@ def test_group_methods_reject_one_sample_per_prompt_before_running(name, tmp_pat
     assert "s.yaml" in str(e.value) and "train.samples_per_prompt must be >= 2 (got 1)" in str(e.value)
 
 
+def test_restem_refuses_the_deepspeed_backend_before_running(tmp_path):
+    (tmp_path / "s.yaml").write_text("name: t\ngroups:\n  - name: g\n    set: {algorithm: restem, "
+                                     "backend: {name: deepspeed}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_sweep(tmp_path / "s.yaml")
+    assert "s.yaml" in str(e.value) and "backend torch with one process only" in str(e.value)
+    assert "backend.name 'deepspeed'" in str(e.value)
+
+
 # --- DPO+ -----------------------------------------------------------------------------------------------------------
 
 def test_dpo_pairs_plan_schedule_and_counts(char_tok):

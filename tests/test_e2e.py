@@ -1,18 +1,16 @@
 """End to end on a minimal config: sweep (SFT -> PPO, VinePPO) + plot, re-run is a no-op, resume is exact."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from harness.metrics import read_jsonl
 
-ROOT = Path(__file__).parents[1]
+from helpers import env, sh
 MINI = """
 name: mini
 workers: 2
@@ -37,13 +35,6 @@ groups:
 TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
           "t_sync"}
 
-
-def env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-
-
-def sh(*args, cwd):
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=env())
 
 
 @pytest.mark.slow

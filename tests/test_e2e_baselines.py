@@ -2,19 +2,17 @@
 resume of the two offline methods after a SIGKILL. A small modulus and clean demonstrations make the 300-step SFT
 model right often enough (~20% at T = 1) that DPO finds pairs and RestEM keeps solutions."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from harness.metrics import read_jsonl
 
-ROOT = Path(__file__).parents[1]
+from helpers import env, sh
 TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
           "t_select"}
 
@@ -47,13 +45,6 @@ groups:
 COLUMNS = {"grad_steps", "wall_s", "tokens_generated", "tokens_trained", "flops", "device_s", "t_generate",
            "t_train", "train_reward"}
 
-
-def env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-
-
-def sh(*args, cwd):
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=env())
 
 
 @pytest.mark.slow

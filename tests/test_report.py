@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from harness import plot, report
+from harness import plot
 from harness.analyze import load_cache, snapshots
 
 ROOT = Path(__file__).parents[1]

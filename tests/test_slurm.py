@@ -18,7 +18,7 @@ from harness.metrics import read_json, read_jsonl
 from harness.slurm import Profile, check_cluster, job_groups, job_resources, load_profile
 from harness.status import last_error_line
 
-ROOT = Path(__file__).parents[1]
+from helpers import ROOT, env, sh
 PROFILE = ROOT / "slurm" / "local.yaml"
 TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
           "t_sync"}
@@ -53,13 +53,8 @@ groups:
 """
 
 
-def env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-
-
 def sweep(*args, cwd, timeout=600):
-    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env(), timeout=timeout)
+    return sh("harness.sweep", *args, cwd=cwd, timeout=timeout)
 
 
 @functools.cache
