@@ -93,7 +93,7 @@ class OnPolicy(Algorithm):
             # a mean over its sequences, so each part is weighted by this micro-batch's share of tokens / rows.
             w_tok, w_seq = w_pad * float(mask.sum()) / max(tokens, 1.0), w_pad * len(mrows) / len(rows)
             loss = w_tok * pg + t.kl_coef * w_seq * kl
-            if float(st["ratio"]) > t.ratio_threshold:  # a runaway minibatch is skipped, as in the authors' code
+            if float(st["ratio"].detach()) > t.ratio_threshold:  # a runaway minibatch is skipped, as in the authors' code
                 loss = loss * 0.0
             self.trainer.backward(loss)
             for k, v, w in (("loss", loss, 1.0), ("pg_loss", pg, w_tok), ("kl_loss", kl, w_seq),
