@@ -100,7 +100,8 @@ def eval_frame(results: Path, split: str) -> pd.DataFrame:
                 train.append(m)
             elif m.get("kind") == "eval" and m.get("split") == split:
                 it = m["iteration"]
-                window = [t for t in train if prev < t["iteration"] <= it]
+                # (DPO+ samples once: only its first row has a training accuracy)
+                window = [t for t in train if prev < t["iteration"] <= it and "train_reward" in t]
                 kl = 0.0 if it == 0 else (train[-1].get("kl") if train else None)
                 rows.append({"run": d.name, "algorithm": cfg["algorithm"], "label": cfg.get("label"),
                              "iteration": it, "acc": m["acc"], "kl": kl,
@@ -321,7 +322,9 @@ def write(results: Path, df: pd.DataFrame, split: str) -> Path:
         plot_xy(e, "kl", "KL(pi || ref), sequence level, on the policy's samples", f"{split} accuracy",
                 results / "kl_frontier.png", lambda lab, i: P.color(lab.split()[0], i))
         L += ["![](kl_frontier.png)", ""]
-        means = {lab: g.groupby("iteration")[["kl", "acc"]].mean() for lab, g in e.groupby("label")}
+        # methods that report a KL after the start (DPO+ and RestEM have no KL to a reference in their rows)
+        means = {lab: g.groupby("iteration")[["kl", "acc"]].mean() for lab, g in e[e.kl.notna()].groupby("label")
+                 if (g.iteration > 0).any()}
         kstar = min(m.kl.iloc[-1] for m in means.values())
         for lab, m in means.items():
             m = m.sort_values("kl")
@@ -336,10 +339,14 @@ def write(results: Path, df: pd.DataFrame, split: str) -> Path:
                 f"{split} accuracy", results / "train_vs_test.png", lambda lab, i: P.color(lab.split()[0], i))
         L += ["![](train_vs_test.png)", ""]
         for lab, g in e.dropna(subset=["train_acc"]).groupby("label"):
-            slopes[lab] = float(np.polyfit(g.train_acc, g.acc, 1)[0]) if g.train_acc.nunique() > 1 else float("nan")
             last = g[g.iteration == g.iteration.max()]
-            L.append(f"- {lab}: slope of {split} vs training accuracy {slopes[lab]:.2f}; at the end training "
-                     f"{last.train_acc.mean():.3f}, {split} {last.acc.mean():.3f} (gap {last.train_acc.mean() - last.acc.mean():+.3f}).")
+            gap = (f"at the end training {last.train_acc.mean():.3f}, {split} {last.acc.mean():.3f} "
+                   f"(gap {last.train_acc.mean() - last.acc.mean():+.3f})")
+            if g.train_acc.nunique() < 2:                   # e.g. DPO+, which samples once
+                L.append(f"- {lab}: one training accuracy only, no slope; {gap}.")
+                continue
+            slopes[lab] = float(np.polyfit(g.train_acc, g.acc, 1)[0])
+            L.append(f"- {lab}: slope of {split} vs training accuracy {slopes[lab]:.2f}; {gap}.")
         L.append("")
     kres = k_section(results, L)
     L += paper_vs_ours(df, fin, vals, frontier, slopes, kres)

@@ -62,6 +62,13 @@ def results(tmp_path):
                   train=[None, 0.45, 0.6], values={0: (gt, gt, 1.0, 0.2), 20: (gt, [0.2, 0.5, 1.0, 0.2 * s], 1.0, 0.2)})
         write_run(r, f"k-vineppo-K9-s{s}", "vineppo", s, [0.3, 0.55, 0.65], K=9, kls=[0, 0.05, 0.1],
                   train=[None, 0.5, 0.7], label="vineppo-K9")
+    d = write_run(r, "rl-dpo-s0", "dpo", 0, [0.3, 0.35, 0.4], kls=[0, 0, 0], train=[None, 0.3, 0.3])
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    for x in rows:                    # DPO+ rows: no KL; a training accuracy only where it samples (iteration 1)
+        x.pop("kl", None)
+        if x["kind"] == "train" and x["iteration"] > 1:
+            x.pop("train_reward")
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
     (r / "rl-broken").mkdir()
     (r / "rl-broken" / "config.yaml").write_text("")               # an empty config: skipped, not fatal
     (r / "rl-empty").mkdir()
@@ -77,6 +84,8 @@ def test_report_from_minimal_results(results):
     md = (results / "report.md").read_text()
     for f in FIGS:
         assert f"]({f})" in md, f
+    assert "nan" not in md.split("## KL")[1].split("## Paper")[0]       # methods without a KL are left out
+    assert "- DPO+: one training accuracy only, no slope" in md          # rows without training accuracy skipped
     # MAE per seed over snapshots > 0: PPO seeds 0.15 and 0.175, VinePPO 0 and 0.05 -> ratio 0.025 / 0.1625
     assert "| PPO | 2 | 0.162 ± 0.018 |" in md and "| VinePPO | 2 | 0.025 ± 0.035 |" in md
     assert "VinePPO's error is 0.15x PPO's" in md
