@@ -15,3 +15,11 @@ def sh(*args, cwd, timeout=None):
     """`python -m ARGS` in `cwd`, output captured."""
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=env(),
                           timeout=timeout)
+
+# Metrics columns that measure time: they differ between two runs of the same config, everything else must not.
+TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
+          "t_sync", "t_select"}
+
+
+def strip_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ import torch
 from harness.config import ConfigError, dump_yaml, load_sweep
 from harness.metrics import read_jsonl
 
-ROOT = Path(__file__).parents[1]
+from helpers import ROOT, strip_timing
+
 LINEAR = torch.nn.functional.linear          # ZeRO-3 must not replace it for the rest of the process
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))   # JIT ops, built once
 
@@ -172,11 +172,8 @@ def test_deepspeed_two_processes_rl_runs_and_resumes_exactly(tmp_path):
     p.wait()
     assert json.loads((b / "status.json").read_text())["state"] == "running"
     execute(b, threads=1)
-    timing = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
-              "t_sync"}
-    strip = lambda rows: [{k: v for k, v in x.items() if k not in timing} for x in rows]  # noqa: E731
     ra, rb = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
-    assert len(ra) == len(rb) and strip(ra) == strip(rb)
+    assert len(ra) == len(rb) and strip_timing(ra) == strip_timing(rb)
     assert [d.name for d in (b / "checkpoints").iterdir() if d.is_dir()] == ["save4"]   # older saves pruned
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from harness.metrics import read_jsonl
 
-from helpers import env, sh
+from helpers import env, sh, strip_timing
 MINI = """
 name: mini
 workers: 2
@@ -32,8 +32,6 @@ groups:
       - {algorithm: ppo, train.iterations: 3}
       - {algorithm: vineppo, train.iterations: 3, algo: {K: 2}}
 """
-TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
-          "t_sync"}
 
 
 
@@ -106,6 +104,5 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path):
     p.wait()
     assert json.loads((b / "status.json").read_text())["state"] == "running"   # died without saying so
     execute(b, threads=1)                                              # what re-running the sweep does
-    strip = lambda rows: [{k: v for k, v in x.items() if k not in TIMING} for x in rows]  # noqa: E731
     ra, rb = read_jsonl(tmp_path / "a" / ppo.id / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
-    assert len(ra) == len(rb) and strip(ra) == strip(rb)
+    assert len(ra) == len(rb) and strip_timing(ra) == strip_timing(rb)

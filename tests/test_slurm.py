@@ -18,10 +18,8 @@ from harness.metrics import read_json, read_jsonl
 from harness.slurm import Profile, check_cluster, job_groups, job_resources, load_profile
 from harness.status import last_error_line
 
-from helpers import ROOT, env, sh
+from helpers import ROOT, env, sh, strip_timing
 PROFILE = ROOT / "slurm" / "local.yaml"
-TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
-          "t_sync"}
 # MINI of test_e2e.py, one thread per run (results must not depend on where the run happens), plus: PPO without
 # periodic checkpoints (a resume after USR2 can only come from the checkpoint saved on the signal), VinePPO on the
 # local cluster's two stand-in GPUs (device-seconds are charged for both) and long enough to outlive the seconds a hard
@@ -78,10 +76,6 @@ def jobs_named(name: str, queue_only=False) -> str:
     a = subprocess.run(["sacct", "-n", "-X", "-S", "2000-01-01", "-E", "now", "--name", name, "-s", states],  # left out
                        capture_output=True, text=True, check=True)
     return q + a.stdout
-
-
-def strip(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 # --- no cluster needed ---------------------------------------------------------------------------------------------
@@ -237,7 +231,7 @@ def test_slurm_sweep_matches_local(scenario):
     for short in good:
         a = read_jsonl(s["ref"] / rid[short] / "metrics.jsonl")
         b = read_jsonl(s["out"] / rid[short] / "metrics.jsonl")
-        assert len(a) == len(b) and strip(a) == strip(b), short
+        assert len(a) == len(b) and strip_timing(a) == strip_timing(b), short
         assert read_json(s["out"] / rid[short] / "status.json")["state"] == "done"
     jobs = {k: read_json(s["out"] / rid[k] / "job.json") for k in good}
     arrays = {k: j["job_id"].split("_")[0] for k, j in jobs.items()}
@@ -280,7 +274,7 @@ def test_preempted_runs_requeue_and_resume_exactly(scenario):
     for short in ("rl-ppo-s0", "rl-vineppo-s0"):
         a = read_jsonl(s["ref"] / rid[short] / "metrics.jsonl")
         b = read_jsonl(s["out"] / rid[short] / "metrics.jsonl")
-        assert strip(a) == strip(b)
+        assert strip_timing(a) == strip_timing(b)
         train = [r["iteration"] for r in b if r["kind"] == "train"]
         assert train == list(range(1, len(train) + 1))
 
@@ -296,7 +290,7 @@ def test_killed_run_resumes_when_the_sweep_is_submitted_again(scenario):
     assert resumed and 1 <= int(resumed.group(1)) < 120, log[-3000:]
     a = read_jsonl(s["ref"] / rid["rl-vineppo-s1"] / "metrics.jsonl")
     b = read_jsonl(s["out"] / rid["rl-vineppo-s1"] / "metrics.jsonl")
-    assert len(a) == len(b) and strip(a) == strip(b)             # no row duplicated, none lost
+    assert len(a) == len(b) and strip_timing(a) == strip_timing(b)             # no row duplicated, none lost
 
 
 @pytest.mark.slow
