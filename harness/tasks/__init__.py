@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = {"arithmetic": "harness.tasks.arithmetic"}
+_MODULES = {"arithmetic": "harness.tasks.arithmetic", "gsm8k": "harness.tasks.gsm8k", "math": "harness.tasks.math"}
 _TASKS: dict[str, type] = {}
 
 
