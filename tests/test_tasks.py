@@ -51,8 +51,14 @@ def test_bad_config_names_key():
     cls = tasks.get("gsm8k")
     with pytest.raises(ValueError, match="task.n_validation=500"):
         cls(cls.Config(data_dir=str(DATA / "gsm8k"), n_validation=500))
+    with pytest.raises(ValueError, match="no such folder"):
+        cls.Config(data_dir=str(DATA / "nope"))
     with pytest.raises(FileNotFoundError, match="task.data_dir"):
-        cls(cls.Config(data_dir=str(DATA / "nope")))
+        cls(cls.Config(data_dir=str(DATA)))                   # a folder without train.jsonl
+    from harness.config import RunConfig
+    with pytest.raises(ValueError, match="task.n_validation"):
+        RunConfig.model_validate({"algorithm": "ppo", "task": {"name": "gsm8k", "n_validation": 0}})
+    assert cls.Config(data_dir="tests/data/gsm8k").data_dir    # relative to the repository from anywhere
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "math"])

@@ -9,10 +9,11 @@ import json
 import random
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PROMPT = "[MATH_TASK] Problem:\n{problem}\n\nSolution:"
 STOP = ("\n\n\nProblem:",)
+REPO = Path(__file__).resolve().parents[2]
 
 
 class DataConfig(BaseModel):
@@ -23,6 +24,22 @@ class DataConfig(BaseModel):
     split_seed: int = Field(0, description="seed of the validation carve from train (fixed across runs)")
     n_validation: int = Field(..., ge=1, description="problems carved from train for validation")
 
+    @field_validator("data_dir")
+    @classmethod
+    def _exists(cls, v):
+        """Checked when the sweep is validated, before any run starts."""
+        if v is not None and resolve_dir(v) is None:
+            raise ValueError(f"no such folder: {v!r} (relative paths: from the current directory or the repository)")
+        return v
+
+
+def resolve_dir(data_dir: str) -> Path | None:
+    """A data folder as given, or relative to the repository (so experiments/*.yaml work from any directory)."""
+    for p in (Path(data_dir).expanduser(), REPO / data_dir):
+        if p.is_dir():
+            return p
+    return None
+
 
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
@@ -30,7 +47,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def local_rows(data_dir: str, split: str, task: str) -> list[dict]:
-    path = Path(data_dir).expanduser() / f"{split}.jsonl"
+    path = (resolve_dir(data_dir) or Path(data_dir)) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"task {task}: task.data_dir={data_dir!r} has no {split}.jsonl (expected the raw "
                                 f"files: {path})")
