@@ -101,6 +101,18 @@ def test_pathological_latex_times_out_to_zero():
     assert tasks.get("math").grade("\\boxed{2}", "2") == 1.0      # the pool still works afterwards
 
 
+def test_hung_worker_is_killed(monkeypatch):
+    """A worker that never returns (C code out of reach of math-verify's own timeout) is killed at its deadline,
+    the item scores 0 and the next call gets a fresh pool."""
+    from harness.tasks import grader
+    monkeypatch.setattr(grader, "_verify", grader._hang)
+    t0 = time.perf_counter()
+    assert grader.is_equiv_many([("1", "2"), ("3", "4")], timeout=0.5) == [False, False]
+    assert time.perf_counter() - t0 < 10 and grader._POOL is None
+    monkeypatch.undo()
+    assert tasks.get("math").grade("\\boxed{0.5}", "\\frac{1}{2}") == 1.0
+
+
 def _check_steps(text, steps, math_blocks=True):
     assert "".join(steps) == text
     assert all(steps)

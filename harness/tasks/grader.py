@@ -94,6 +94,12 @@ def _verify(pred: str, gold: str, timeout: float) -> bool:
     return bool(g and p and verify(g, p, timeout_seconds=t))
 
 
+def _hang(pred: str, gold: str, timeout: float) -> bool:
+    """Stands in for _verify in the tests: a worker stuck where no signal reaches it."""
+    time.sleep(3600)
+    return True
+
+
 def _have_math_verify() -> bool:
     try:
         import math_verify  # noqa: F401
