@@ -81,6 +81,7 @@ def test_grader_equivalences():
     g, m = tasks.get("gsm8k").grade, tasks.get("math").grade
     assert g("so #### 1,000", "1000") == g("#### 18.0", "18") == g("#### $18", "18") == 1.0
     assert g("the answer is 18", "18") == 0.0                    # no #### : no answer
+    assert g("#### 1,450,001", "1450000") == g("#### 18.5", "18") == 0.0
     assert m("\\boxed{0.5}", "\\frac{1}{2}") == m("\\boxed{\\frac12}", "\\frac{1}{2}") == 1.0
     assert m("x = \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)") == 1.0
     assert m("\\boxed{3} then \\boxed{4}", "4") == 1.0 and m("\\boxed{4} then \\boxed{3}", "4") == 0.0

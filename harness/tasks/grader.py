@@ -68,7 +68,7 @@ def gsm8k_equal(pred: str | None, gold: str) -> bool:
         a, b = float(p), float(g)
     except ValueError:
         return False
-    return math.isfinite(a) and abs(a - b) <= 1e-6 * max(1.0, abs(b))
+    return math.isfinite(a) and abs(a - b) <= 1e-6           # absolute: 1450001 is not 1450000
 
 
 # --- equivalence ------------------------------------------------------------------------------------------------
