@@ -86,6 +86,8 @@ def test_grader_equivalences():
     assert m("x = \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)") == 1.0
     assert m("\\boxed{3} then \\boxed{4}", "4") == 1.0 and m("\\boxed{4} then \\boxed{3}", "4") == 0.0
     assert m("the answer is 4", "4") == 0.0                      # MATH needs \boxed{}
+    assert m("\\boxed{6x - 7y + 4 = 0}", "5x - 7y + 4 = 0") == 0.0    # equations: not just their right sides
+    assert m("\\boxed{5x-7y+4=0}", "5x - 7y + 4 = 0") == 1.0
     assert last_boxed("\\boxed{\\frac{1}{2}") is None and last_boxed("\\boxed 5$.") == "5"
     assert gsm8k_answer("a\n#### 72\n\nmore") == "72"
 

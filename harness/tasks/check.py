@@ -22,9 +22,18 @@ from harness.tasks.math import protected_spans
 
 
 def perturb(answer: str) -> str:
-    """A wrong answer: an integer plus one, else the expression plus one."""
+    """A wrong answer: an integer plus one; else its first digit changed (`(\\frac{1}{8}, \\frac{1}{2})` ->
+    `(\\frac{2}{8}, \\frac{1}{2})`); else the expression plus one. (Changing the *last* digit instead exposes
+    math-verify's leniencies: a base subscript `52_8` = `52_9`, a unit exponent `cm^2` = `cm^3`, and 6-digit
+    rounding `.0000672` = `.0000673`; see README "Real tasks".)"""
     a = answer.replace(",", "").strip()
-    return str(int(a) + 1) if re.fullmatch(r"-?\d+", a) else f"{answer}+1"
+    if re.fullmatch(r"-?\d+", a):
+        return str(int(a) + 1)
+    m = re.search(r"\d", answer)
+    if m:
+        i = m.start()
+        return answer[:i] + str((int(answer[i]) + 1) % 10) + answer[i + 1:]
+    return f"{answer}+1"
 
 
 def boundary_violations(steps: list[str]) -> int:

@@ -4,7 +4,8 @@
 
 Order of checks for a (predicted, gold) answer pair:
   1. exact match after Minerva normalisation (lm-eval's `minerva_math.utils.normalize_final_answer`, the
-     DeepSeekMath/Minerva rules: strip units, `\\text{}`, `$`, fix `\\frac12`, ...): cheap, in this process;
+     DeepSeekMath/Minerva rules: strip units, `\\text{}`, `$`, fix `\\frac12`, ...): cheap, in this process
+     (a gold answer that is an equation is compared verbatim here: the normalisation keeps only its right side);
   2. math-verify (`verify(parse(gold), parse(pred))`: sympy-level equivalence: 0.5 = \\frac{1}{2}, intervals, sets),
      in a pool of worker processes with a per-item timeout. math-verify is not thread-safe (it times out with
      signals) and sympy can hang on pathological LaTeX, so it never runs in the caller: a worker that overruns is
@@ -139,8 +140,12 @@ def is_equiv_many(pairs: list[tuple[str | None, str]], timeout: float = TIMEOUT_
     for i, (pred, gold) in enumerate(pairs):
         if pred is None or len(pred) > MAX_CHARS:
             continue
-        np_, ng = normalize(pred), normalize(str(gold))
-        if np_ == ng or pred.strip() == str(gold).strip():
+        gold = str(gold)
+        if "=" in gold:         # an equation: Minerva's normalisation keeps only the right-hand side ("... = 0")
+            same = re.sub(r"\s+", "", pred) == re.sub(r"\s+", "", gold)
+        else:
+            same = normalize(pred) == normalize(gold) or pred.strip() == gold.strip()
+        if same:
             out[i] = True
         else:
             todo.append(i)
