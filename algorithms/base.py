@@ -93,8 +93,12 @@ class Algorithm:
                                        max_new_tokens=s.max_new_tokens, stop=self.task.stop, seed=seed, tag=tag)
         samples = [x if x.token_ids else x.__class__(x.prompt_index, [self.tokenizer.eos_token_id], "", False)
                    for x in samples]               # an empty response still needs one token to carry its reward
-        rewards = [self.task.grade(x.text, problems[x.prompt_index]["answer"]) if x.finished else 0.0
-                   for x in samples]
+        from harness.tasks import grade_many
+        done = [i for i, x in enumerate(samples) if x.finished]      # unfinished = 0, not graded
+        rewards = [0.0] * len(samples)
+        for i, r in zip(done, grade_many(self.task, [(samples[i].text, problems[samples[i].prompt_index]["answer"])
+                                                     for i in done])):
+            rewards[i] = r
         return prompts, samples, rewards
 
     def seq_logprobs(self, model, batch: dict, temperature: float, rows=None, grad: bool = False) -> torch.Tensor:

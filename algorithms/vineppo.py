@@ -21,6 +21,7 @@ from algorithms import register
 from algorithms.base import token_char_offsets
 from algorithms.losses import step_advantages
 from algorithms.onpolicy import OnPolicy
+from harness.tasks import grade_many
 
 
 @register("vineppo")
@@ -82,12 +83,13 @@ class VinePPO(OnPolicy):
         outs = self.engine.generate([prompts[p] + ids for p, ids, _ in requests], n=K, temperature=s.temperature,
                                     top_p=s.top_p, max_new_tokens=[s.max_new_tokens - len(ids) for _, ids, _ in requests],
                                     stop=self.task.stop, seed=self.seed(iteration, seed_tag), tag="mc_rollouts")
-        values = []
-        for r, (p, _, text) in enumerate(requests):
-            conts = outs[r * K:(r + 1) * K]
-            values.append(sum(self.task.grade(text + c.text, problems[p]["answer"]) if c.finished else 0.0
-                              for c in conts) / K)
-        return values
+        todo = [(r, k) for r in range(len(requests)) for k in range(K) if outs[r * K + k].finished]
+        grades = grade_many(self.task, [(requests[r][2] + outs[r * K + k].text, problems[requests[r][0]]["answer"])
+                                        for r, k in todo])
+        sums = [0.0] * len(requests)
+        for (r, _), g in zip(todo, grades):
+            sums[r] += g
+        return [v / K for v in sums]
 
     def batch_metrics(self, batch: dict) -> dict[str, float]:
         out = super().batch_metrics(batch)

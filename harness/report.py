@@ -28,14 +28,13 @@ import yaml  # noqa: E402
 
 from harness.analyze import load_cache  # noqa: E402
 from harness.metrics import atomic_write, read_jsonl  # noqa: E402
+from harness.plot import paper_results  # noqa: E402
 
-# The paper's numbers used here (reference/paper.md; [SEC] = secondary source, unverified). RhoMath 1.1B on MATH,
-# test accuracy %: the K ablation (§4.3) and the main-result cells it is compared with (§4.1); value analysis (§4.6).
-PAPER_K = {"setting": "RhoMath 1.1B, MATH (test %)", "sft": 15.5, "ppo": 18.1,
-           "vineppo": {1: 19.9, 3: 21.3, 9: 23.0}, "note": "K=1 [SEC]; K=3 21.3 (GitHub issue #11) / 21.2 [SEC]"}
-PAPER_VALUES = {"mae": {"ppo": 0.11, "vineppo": 0.03}, "setting": "DeepSeekMath 7B [SEC]", "gt_rollouts": 256,
-                "ranking": "PPO's critic near the 1-in-5 random baseline for most of training; VinePPO ranks "
-                           "accurately (top-1 numbers not found)"}
+# The paper's numbers used here (harness/paper_results.yaml): RhoMath 1.1B on MATH, test accuracy %: the K ablation
+# (§4.3) and the main-result cells it is compared with (§4.1); value analysis (§4.6).
+_PAPER = paper_results()
+PAPER_K = _PAPER["k_ablation"]
+PAPER_VALUES = _PAPER["values"]
 NAMES = {"ppo": "PPO", "vineppo": "VinePPO"}
 COLORS = {"ppo": "#1f77b4", "vineppo": "#d62728"}
 
@@ -391,7 +390,8 @@ def paper_vs_ours(df, fin, vals, frontier, slopes, kres) -> list[str]:
                  f"{np.mean(vals['ppo']['top1']):.2f} / {np.mean(vals['vineppo']['top1']):.2f} (random "
                  f"{np.mean(vals['ppo']['random'] + vals['vineppo']['random']):.2f}) |")
     if kres:
-        L.append("| K ablation, VinePPO final accuracy | K=1 19.9 / K=3 21.3 / K=9 23.0 % | "
+        paper_k = " / ".join(f"K={K} {a}" for K, a in sorted(PAPER_K["vineppo"].items()))
+        L.append(f"| K ablation, VinePPO final accuracy | {paper_k} % | "
                  + " / ".join(f"K={K} {a:.3f}" for K, a in sorted(kres.items())) + " |")
     if frontier:
         L.append("| accuracy at equal KL | VinePPO higher at any KL [SEC] | "
@@ -403,5 +403,5 @@ def paper_vs_ours(df, fin, vals, frontier, slopes, kres) -> list[str]:
     t = (last.wall_s / last.iteration).groupby(last.label).mean()
     if "ppo" in t and "vineppo" in t:
         L.append(f"| VinePPO / PPO seconds per iteration | ~5x (1.1B [SEC]) | {t['vineppo'] / t['ppo']:.1f}x |")
-    return L + ["", "Paper numbers: `harness/report.py` (PAPER_K, PAPER_VALUES), from the facts file of the "
+    return L + ["", "Paper numbers: `harness/paper_results.yaml`, from the facts file of the "
                 "reproduction; [SEC] marks unverified secondary sources."]

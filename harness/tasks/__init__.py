@@ -9,14 +9,16 @@
         def split_steps(self, response) -> list[str]   # "".join(steps) == response, exactly
         @staticmethod
         def grade(response, answer) -> float       # 1.0 correct, 0.0 otherwise
+        grade_many(pairs) -> list[float]           # optional: a batch at once (MATH: a worker pool)
 
 `get(name)` returns the class; `get(name).grade(response, answer)` works without building the task.
+Tasks: arithmetic (the embedded tiny task), gsm8k, math (harness/tasks/{gsm8k,math}.py; grader.py, common.py).
 """
 from __future__ import annotations
 
 import importlib
 
-_MODULES = {"arithmetic": "harness.tasks.arithmetic"}
+_MODULES = {"arithmetic": "harness.tasks.arithmetic", "gsm8k": "harness.tasks.gsm8k", "math": "harness.tasks.math"}
 _TASKS: dict[str, type] = {}
 
 
@@ -38,3 +40,12 @@ def get(name: str):
     if name not in _TASKS:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(names())}")
     return _TASKS[name]
+
+
+def grade_many(task, pairs: list[tuple[str, str]]) -> list[float]:
+    """Grades of (response, answer) pairs through the task's batched grader when it has one."""
+    if not pairs:
+        return []
+    if hasattr(task, "grade_many"):
+        return list(task.grade_many(pairs))
+    return [task.grade(r, a) for r, a in pairs]
