@@ -7,8 +7,15 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
+# Set in the test process by in-process DeepSpeed runs (tests/test_backends.py); a command a user types has none,
+# and a leftover WORLD_SIZE / MASTER_ADDR makes lm-eval (accelerate) try to join a process group.
+DIST_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK",
+             "CROSS_SIZE"}
+
+
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    clean = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    return {**clean, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def sh(*args, cwd, timeout=None):

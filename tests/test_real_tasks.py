@@ -1,11 +1,7 @@
 """GSM8K through the algorithms: VinePPO's states, MC values and grades on real multi-step solutions; a tiny-model run
 on the shipped GSM8K subset end to end (sweep -> harness.evaluate, --lm-eval -> table); the GGUF model."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +12,7 @@ from harness.config import RunConfig
 from harness.engines.hf import Sample
 from harness.models import tiny_llama
 
-ROOT = Path(__file__).parents[1]
+from helpers import ROOT, sh
 DATA = ROOT / "tests" / "data"
 
 
@@ -110,11 +106,6 @@ groups:
     variants:
       - {{algorithm: vineppo, train.iterations: 2, algo: {{K: 2, max_states: 25}}}}
 """
-
-
-def sh(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
 @pytest.mark.slow
