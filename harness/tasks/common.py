@@ -70,3 +70,27 @@ def check_unique(rows: list[dict], task: str) -> None:
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"task {task}: duplicate problem ids in the data")
+
+
+class PaperTask:
+    """The part of a GSM8K / MATH task that does not depend on the dataset: splits (test as given, validation carved
+    from train), the paper's prompt, stop string and SFT target. A subclass gives `_rows(split)` (raw rows of
+    "train" / "test") and `_problem(row, pid)` (a problem dict; `pid` = "<split>-<position>" for data without ids)."""
+    stop: tuple[str, ...] = STOP
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        train, test = ([self._problem(r, f"{s}-{i}") for i, r in enumerate(self._rows(s))] for s in ("train", "test"))
+        train, val = carve(train, cfg.n_validation, cfg.split_seed, self.name)
+        self._splits = {"train": train, "validation": val, "test": test}
+        check_unique(train + val + test, self.name)
+
+    def problems(self, split: str) -> list[dict]:
+        return self._splits[split]
+
+    def prompt(self, problem: dict) -> str:
+        return PROMPT.format(problem=problem["question"])
+
+    def sft_target(self, problem: dict, rng: random.Random | None = None) -> str:
+        return "\n" + problem["solution"]
+

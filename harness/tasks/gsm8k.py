@@ -10,13 +10,12 @@ Grade: the text after the last `####` equals the gold answer (commas removed; nu
 """
 from __future__ import annotations
 
-import random
 import re
 
 from pydantic import Field
 
 from harness.tasks import register
-from harness.tasks.common import PROMPT, STOP, DataConfig, carve, check_unique, local_rows
+from harness.tasks.common import DataConfig, PaperTask, local_rows
 from harness.tasks.grader import gsm8k_answer, gsm8k_equal
 
 _CALC = re.compile(r"<<[^<>]*>>")
@@ -33,36 +32,18 @@ def to_problem(row: dict, pid: str) -> dict:
 
 
 @register("gsm8k")
-class GSM8K:
+class GSM8K(PaperTask):
     class Config(DataConfig):
         name: str = "gsm8k"
         n_validation: int = Field(373, ge=1, description="carved from the 7,473 train problems (paper: 373)")
 
-    stop: tuple[str, ...] = STOP
-
-    def __init__(self, cfg: "GSM8K.Config"):
-        self.cfg = cfg
-        raw = {s: self._rows(s) for s in ("train", "test")}
-        train = [to_problem(r, f"train-{i}") for i, r in enumerate(raw["train"])]
-        test = [to_problem(r, f"test-{i}") for i, r in enumerate(raw["test"])]
-        train, val = carve(train, cfg.n_validation, cfg.split_seed, "gsm8k")
-        self._splits = {"train": train, "validation": val, "test": test}
-        check_unique(train + val + test, "gsm8k")
+    _problem = staticmethod(to_problem)
 
     def _rows(self, split: str) -> list[dict]:
         if self.cfg.data_dir:
             return local_rows(self.cfg.data_dir, split, "gsm8k")
         from datasets import load_dataset
         return list(load_dataset("openai/gsm8k", "main", split=split))
-
-    def problems(self, split: str) -> list[dict]:
-        return self._splits[split]
-
-    def prompt(self, problem: dict) -> str:
-        return PROMPT.format(problem=problem["question"])
-
-    def sft_target(self, problem: dict, rng: random.Random | None = None) -> str:
-        return "\n" + problem["solution"]
 
     @staticmethod
     def split_steps(response: str) -> list[str]:

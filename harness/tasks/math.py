@@ -12,13 +12,12 @@ Steps: a LaTeX-aware heuristic after the authors' `math_extract_steps_inplace.py
 from __future__ import annotations
 
 import bisect
-import random
 import re
 
 from pydantic import Field
 
 from harness.tasks import register
-from harness.tasks.common import PROMPT, STOP, DataConfig, carve, check_unique, local_rows
+from harness.tasks.common import DataConfig, PaperTask, local_rows
 from harness.tasks.grader import is_equiv_many, last_boxed
 
 SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
@@ -104,22 +103,13 @@ def _break_long(text, s, e, spans, starts) -> list[tuple[int, int]]:
 
 
 @register("math")
-class MATH:
+class MATH(PaperTask):
     class Config(DataConfig):
         name: str = "math"
         n_validation: int = Field(500, ge=1, description="carved from the 12,000 train problems (paper: 500)")
 
-    stop: tuple[str, ...] = STOP
-
-    def __init__(self, cfg: "MATH.Config"):
-        self.cfg = cfg
-        train, test = self._rows("train"), self._rows("test")
-        train, val = carve([self._problem(r) for r in train], cfg.n_validation, cfg.split_seed, "math")
-        self._splits = {"train": train, "validation": val, "test": [self._problem(r) for r in test]}
-        check_unique(train + val + self._splits["test"], "math")
-
     @staticmethod
-    def _problem(row: dict) -> dict:
+    def _problem(row: dict, pid: str) -> dict:                # (the data's own unique_id is the id)
         answer = row.get("answer")
         if answer is None:
             answer = last_boxed(row["solution"]) or ""
@@ -144,15 +134,6 @@ class MATH:
                                      "answer": last_boxed(r["solution"]) or "", "subject": r["type"],
                                      "level": r["level"], "unique_id": f"{s}/{subject}/{i}"})
         return rows
-
-    def problems(self, split: str) -> list[dict]:
-        return self._splits[split]
-
-    def prompt(self, problem: dict) -> str:
-        return PROMPT.format(problem=problem["question"])
-
-    def sft_target(self, problem: dict, rng: random.Random | None = None) -> str:
-        return "\n" + problem["solution"]
 
     split_steps = staticmethod(split_steps)
 
