@@ -21,6 +21,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class Gate(Strict):
+    """A group's `require:`: what the run it starts from (`init_from`) must reach in its final evaluation on `split`
+    (harness/gate.py). Metrics: `acc` (mean over samples) and `acc_greedy`."""
+    split: str = "validation"
+    acc: float | None = Field(None, ge=0.0, le=1.0)
+    acc_greedy: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _some_bar(self):
+        if self.acc is None and self.acc_greedy is None:
+            raise ValueError("require: give a bar, e.g. {split: validation, acc_greedy: 0.95}")
+        return self
+
+
 class ModelConfig(Strict):
     """Where the starting policy comes from: the random tiny Llama (default), another run of the sweep
     (`init_run`, set by `init_from`), a local HF directory (`path`), a hub id (`hub`), or a GGUF file: `gguf_file`
@@ -31,6 +45,7 @@ class ModelConfig(Strict):
     intermediate_size: int = Field(512, ge=8)
     max_positions: int = Field(256, ge=16)
     init_run: str | None = None
+    init_require: Gate | None = Field(None, description="set from the group's `require:`: the gate init_run must pass")
     path: str | None = None
     hub: str | None = None
     revision: str | None = None
@@ -217,6 +232,7 @@ def _fmt_error(err: dict, prefix: str = "") -> str:
 class GroupConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     init_from: str | None = None
+    require: Gate | None = Field(None, description="what the init_from run must reach before this group runs")
     seeds: list[int] | None = None
     set: dict[str, Any] = {}
     variants: list[dict[str, Any]] = [{}]
@@ -283,6 +299,16 @@ def expand(sweep: SweepConfig, where: str = "sweep") -> list[Run]:
             if len(by_group[g.init_from]) != 1:
                 raise ConfigError(f"{where}: groups[{gi}] ({g.name}): init_from {g.init_from!r} must have exactly one run")
             parent = by_group[g.init_from][0]
+        if g.require is not None:
+            if parent is None:
+                raise ConfigError(f"{where}: groups[{gi}] ({g.name}): require needs init_from (a start to check)")
+            pe = parent.cfg.eval
+            if g.require.split not in pe.final_splits:
+                raise ConfigError(f"{where}: groups[{gi}] ({g.name}): require.split {g.require.split!r} is not "
+                                  f"evaluated at the end of {g.init_from!r} (its eval.final_splits: {pe.final_splits})")
+            if g.require.acc_greedy is not None and not pe.greedy:
+                raise ConfigError(f"{where}: groups[{gi}] ({g.name}): require.acc_greedy needs eval.greedy: true in "
+                                  f"{g.init_from!r}")
         by_group[g.name] = []
         keys, values = list(g.grid), list(g.grid.values())
         for vi, variant in enumerate(g.variants):
@@ -296,6 +322,8 @@ def expand(sweep: SweepConfig, where: str = "sweep") -> list[Run]:
                         raw["seed"] = seed
                     if parent is not None:
                         set_dotted(raw, "model.init_run", parent.id)
+                        if g.require is not None:
+                            set_dotted(raw, "model.init_require", g.require.model_dump())
                     ctx = f"{where}: groups[{gi}] ({g.name})" + (f", variants[{vi}]" if len(g.variants) > 1 else "")
                     try:
                         cfg = RunConfig.model_validate(raw)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import submitit
 
+from harness import gate
 from harness.metrics import atomic_write, read_json, write_status
 from harness.run import execute
 
@@ -58,6 +59,14 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                     log(f"[sweep] blocked  {r.id}: a run it starts from failed")
                     continue
                 if any(states.get(d) != "done" for d in deps):
+                    continue
+                why = gate.check(out / r.depends_on[0], r.cfg.model.init_require and
+                                 r.cfg.model.init_require.model_dump()) if r.depends_on else None
+                if why:                                      # the start is done but short of what this run needs
+                    pending.remove(r)
+                    states[r.id] = "blocked"
+                    write_status(out / r.id, "blocked", error=why)
+                    log(f"[sweep] blocked  {r.id}: {why}")
                     continue
                 pending.remove(r)
                 run_dir = out / r.id

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import algorithms
-from harness import dist, engines, models, tasks
+from harness import dist, engines, gate, models, tasks
 from harness.config import RunConfig, load_run_config
 from harness.evaluate import evaluate
 from harness.metrics import MetricsLog, estimate_flops, read_json, write_status
@@ -57,7 +57,10 @@ class Runner:
             if not (start / "config.json").exists():
                 raise FileNotFoundError(f"{run_dir}: model.init_run {mcfg.init_run!r} has no final checkpoint at "
                                         f"{start} (did that run finish?)")
-            mcfg = mcfg.model_copy(update={"init_run": None, "path": str(start)})
+            why = gate.check(start.parent, mcfg.init_require and mcfg.init_require.model_dump())
+            if why:
+                raise gate.GateError(why)
+            mcfg = mcfg.model_copy(update={"init_run": None, "init_require": None, "path": str(start)})
         torch.manual_seed(cfg.seed)
         self.tokenizer, self.policy = models.load(mcfg, seed=cfg.seed)
         self.device = dist.device()
@@ -162,10 +165,29 @@ class Runner:
                 "flops": estimate_flops(self.n_params, inference, c["train_tokens"]),
                 "device_s": round(s["device_s"], 3)}
 
+    def start_eval(self, split: str) -> dict | None:
+        """At iteration 0 a run started from another run (init_run) holds that run's final weights: its final
+        evaluation on `split`, when made with the same task, engine and evaluation settings, is this run's too (every
+        RL run of a sweep would otherwise re-evaluate the same SFT checkpoint)."""
+        if self.state["iteration"] or not self.cfg.model.init_run:
+            return None
+        start = self.dir.parent / self.cfg.model.init_run
+        same = ("samples", "temperature", "top_p", "greedy", "max_problems")
+
+        def setting(c):
+            return c.eval.model_dump(include=set(same)), c.sampling.max_new_tokens, c.task, c.engine, c.model.dtype
+        if setting(load_run_config(start / "config.yaml")) != setting(self.cfg):
+            return None
+        row = gate.final_eval(start, split)
+        keep = ("split", "n_problems", "samples", "temperature", "acc", "pass_at_n", "acc_greedy")
+        return row and {**{k: row[k] for k in keep if k in row}, "t_eval": 0.0, "reused_from": start.name}
+
     def run_eval(self, splits) -> None:
         for split in splits:
-            res = evaluate(self.engine, self.task, split, self.cfg.eval, self.cfg.sampling.max_new_tokens,
-                           seed=self.algo.seed(self.state["iteration"]))
+            res = self.start_eval(split)
+            if res is None:
+                res = evaluate(self.engine, self.task, split, self.cfg.eval, self.cfg.sampling.max_new_tokens,
+                               seed=self.algo.seed(self.state["iteration"]))
             self.engine.stats.pop()                         # evaluation compute is not training compute
             self.state["eval_s"] += res["t_eval"]
             row = {"kind": "eval", **self.compute_columns(), **res}
@@ -173,7 +195,8 @@ class Runner:
                 self.metrics.append(row)
                 greedy = f" greedy {res['acc_greedy']:.3f}" if "acc_greedy" in res else ""
                 print(f"[{self.run_id}] eval it {self.state['iteration']} {split}: acc {res['acc']:.3f}{greedy} "
-                      f"({res['t_eval']:.1f}s)", flush=True)
+                      + (f"(reused: {res['reused_from']}'s final evaluation)" if "reused_from" in res else f"({res['t_eval']:.1f}s)"),
+                      flush=True)
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> bool:
@@ -281,6 +304,9 @@ def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
                      processes=dist.world())
     try:
         finished = Runner(cfg, run_dir, stop).run()
+    except gate.GateError as e:
+        write_status(run_dir, "blocked", error=str(e))
+        raise
     except BaseException as e:
         msg = (traceback.format_exception_only(type(e), e)[-1].strip() or type(e).__name__)
         write_status(run_dir, "failed", error=f"process {dist.rank()}: {msg}" if dist.world() > 1 else msg)

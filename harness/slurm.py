@@ -23,6 +23,7 @@ from pathlib import Path
 import submitit
 from pydantic import Field
 
+from harness import gate
 from harness.config import ConfigError, Strict, load_yaml_model
 from harness.metrics import atomic_write, write_status
 
@@ -94,6 +95,9 @@ class RunJob(submitit.helpers.Checkpointable):
     a flag; the run saves a checkpoint at its next iteration boundary and returns, and then submitit's handler does its
     part: `checkpoint()` (inherited: resubmit this same call, which resumes from that checkpoint), requeue, exit."""
 
+    def __init__(self, gates: list[tuple[str, dict]] = ()):
+        self.gates = list(gates)        # (dependent's run dir, the gate it requires of this run)
+
     def __call__(self, run_dir: str, threads: int) -> str:
         from harness.run import execute                         # torch + transformers: only inside the job
         sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
@@ -103,7 +107,18 @@ class RunJob(submitit.helpers.Checkpointable):
         state = execute(run_dir, threads, stop=lambda: bool(asked))
         if state == "stopped" and callable(requeue):
             requeue(sig, None)                                  # exits the process
+        if state == "done":
+            self.check_gates(Path(run_dir))
         return state
+
+    def check_gates(self, run_dir: Path) -> None:
+        """A start short of its dependents' gate fails its job, so SLURM cancels the afterok dependents before they
+        start (kill_on_invalid_dep); they are marked blocked with the reason."""
+        fails = [(dep, why) for dep, g in self.gates if (why := gate.check(run_dir, g))]
+        for dep, why in fails:
+            write_status(Path(dep), "blocked", error=why)
+        if fails:
+            raise gate.GateError(fails[0][1])
 
 
 # --- talking to SLURM ------------------------------------------------------------------------------------------
@@ -200,7 +215,8 @@ def submit(runs, out: Path, p: Profile, shapes: dict, live: dict[str, str], name
                 write_status(out / r.id, "queued", executor="slurm", error=None)
                 touched.append(r.id)
             with ex.batch():
-                subs = [ex.submit(RunJob(), str((out / r.id).resolve()), shape["cpus"]) for r in group]
+                subs = [ex.submit(RunJob(gates_of(r, runs, out)), str((out / r.id).resolve()), shape["cpus"])
+                        for r in group]
             for r, job in zip(group, subs):
                 jobs[r.id] = str(job.job_id)
                 mine.append(jobs[r.id])
@@ -217,6 +233,12 @@ def submit(runs, out: Path, p: Profile, shapes: dict, live: dict[str, str], name
             write_status(out / rid, "failed", error=f"submission failed: {e}")
         raise RuntimeError(f"SLURM refused a job ({e}); cancelled the {len(mine)} jobs this call had submitted")
     return {r.id: jobs[r.id] for r in runs}
+
+
+def gates_of(run, runs, out: Path) -> list[tuple[str, dict]]:
+    """The gates that the runs starting from `run` require of it, with their run dirs."""
+    return [(str((out / r.id).resolve()), r.cfg.model.init_require.model_dump()) for r in runs
+            if r.depends_on == [run.id] and r.cfg.model.init_require is not None]
 
 
 def wait(jobs: dict[str, str], out: Path, poll_s: float = 3.0, log=print) -> None:

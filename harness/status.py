@@ -28,7 +28,8 @@ def last_error_line(log: str | None) -> str:
 
 
 def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None) -> dict:
-    """{state, detail, job_id, log, error}; state is new|queued|pending|running|stopped|done|failed|cancelled.
+    """{state, detail, job_id, log, error}; state is new|queued|pending|running|stopped|done|failed|cancelled|blocked
+    (its start failed the gate its group requires: harness/gate.py).
     `queue`/`acct`: harness.slurm.queued()/accounted() results for many runs at once (queried here if None);
     queue=False: SLURM is unreachable, status.json is all there is."""
     from harness import slurm
@@ -48,7 +49,8 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
             detail = "SLURM: " + sl + (f" ({reason})" if reason not in ("", "None") else "")
         else:                                                   # left the queue without writing "done"
             sl, code = (slurm.accounted([jid]) if acct is None else acct).get(jid, ("", ""))
-            state = "cancelled" if sl == "CANCELLED" and state != "failed" else "failed"   # the run's word first
+            state = (state if state in ("failed", "blocked")                 # the run's word first
+                     else "cancelled" if sl == "CANCELLED" else "failed")
             detail = f"SLURM: {sl or 'not in the queue'}" + (f", exit code {code}" if code and code != "0:0" else "")
     elif state in ("running", "queued") and st.get("host") == socket.gethostname() and st.get("pid"):
         try:                                                    # a local run whose process is gone died silently
@@ -58,7 +60,7 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
         except PermissionError:
             pass
     error = ""
-    if state == "failed":
+    if state in ("failed", "blocked"):
         error = st.get("error") or last_error_line(job.get("stderr")) or last_error_line(job.get("log"))
     return {"state": state, "detail": detail, "job_id": job.get("job_id"), "log": job.get("log", "-"),
             "error": error}

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from harness.config import ConfigError, dump_yaml, load_sweep, output_dir
-from harness.metrics import atomic_write, read_json
+from harness import gate
+from harness.metrics import atomic_write, read_json, write_status
 from harness.status import run_state, status_lines
 
 
@@ -128,8 +129,21 @@ def main(argv=None) -> int:
         print(f"all {len(runs)} runs of {a.sweep} are done in {out}" + (f" or queued ({len(live)})" if live else "")
               + f"; nothing to do ({time.time() - t0:.1f}s)")
         return 0
+    blocked = {}
+    for r in todo:                         # a start that is already done and short of the bar: its runs never start
+        why = r.depends_on and state.get(r.depends_on[0]) == "done" and gate.check(
+            out / r.depends_on[0], r.cfg.model.init_require and r.cfg.model.init_require.model_dump())
+        if why:
+            blocked[r.id] = why
+            print(f"[sweep] blocked  {r.id}: {why}")
+    todo = [r for r in todo if r.id not in blocked]
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(a.sweep, out / "sweep.yaml")
+    for rid, why in blocked.items():
+        write_status(out / rid, "blocked", error=why)
+    if blocked and not todo and not (live and a.wait):
+        print(f"{len(blocked)} runs blocked by their start's gate; nothing else to do", file=sys.stderr)
+        return 1
     for r in todo:
         atomic_write(out / r.id / "config.yaml", dump_yaml(r.cfg))
     done = sum(s == "done" for s in state.values())
@@ -152,6 +166,7 @@ def main(argv=None) -> int:
             states = run_all(todo, out, executor, a.workers or sweep.workers)
         except KeyboardInterrupt:
             return 130
+    states.update(dict.fromkeys(blocked, "blocked"))
     bad = {k: v for k, v in states.items() if v != "done"}
     print(f"sweep finished in {time.time() - t0:.0f}s: {len(states) - len(bad)} done, {len(bad)} not done")
     for rid, st in bad.items():

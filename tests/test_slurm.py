@@ -305,3 +305,48 @@ def test_failed_job_is_reported_with_its_log(scenario):
     assert log.exists() and log == Path(read_json(s["out"] / rid["broken-sft-s0"] / "job.json")["log"])
     assert "6 runs: 5 done, 1 failed" in lines[-1]               # the rest of the sweep is unaffected
     assert f"failed: {rid['broken-sft-s0']}" in s["second"] and "log:" in s["second"]
+
+
+GATED = """
+name: gated
+defaults:
+  threads: 1
+  resources: {cpus: 1, mem_gb: 1, time_min: 30}
+  task: {name: arithmetic, n_train: 200, n_validation: 8, n_test: 8, min_ops: 2, max_ops: 3}
+  model: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64}
+  sampling: {temperature: 1.0, top_p: 1.0, max_new_tokens: 24}
+  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 1, batch_size: 8, lr: 1.0e-4}
+  eval: {every: 0, samples: 2, temperature: 1.0, top_p: 1.0, at_start: false}
+  progress: false
+groups:
+  - name: sft
+    set: {algorithm: sft, train.iterations: 2, train.lr: 3.0e-3}
+  - name: rl
+    init_from: sft
+    require: {split: validation, acc_greedy: 1.0}
+    seeds: [0, 1]
+    set: {algorithm: grpo, train.iterations: 1}
+"""
+
+
+def test_failed_gate_cancels_dependent_jobs_before_they_start(tmp_path):
+    """The start's job checks its dependents' gate: short of it, the job fails, SLURM cancels the afterok jobs (they
+    never run), and they are reported blocked with the numbers."""
+    need_cluster()
+    name = f"gated{os.getpid()}"
+    (tmp_path / "s.yaml").write_text(textwrap.dedent(GATED).replace("name: gated", f"name: {name}"))
+    r = sweep("s.yaml", "--cluster", str(PROFILE), "--wait", cwd=tmp_path)
+    out = tmp_path / "results" / name
+    sft = next(out.glob("sft-*"))
+    assert read_json(sft / "status.json")["state"] == "done"
+    acc = [x for x in read_jsonl(sft / "metrics.jsonl") if x["kind"] == "eval" and x["split"] == "validation"]
+    assert acc[-1]["acc_greedy"] < 1.0, "the 2-step SFT happened to be perfect: the test cannot see the gate"
+    assert r.returncode == 1, r.stdout + r.stderr
+    for d in out.glob("rl-*"):
+        st = read_json(d / "status.json")
+        assert st["state"] == "blocked" and "failed its gate: validation acc_greedy" in st["error"]
+        assert not (d / "metrics.jsonl").exists() and "pid" not in st          # never started
+    s = sweep("s.yaml", "--status", cwd=tmp_path)
+    assert s.stdout.count("blocked") >= 2 and "failed its gate" in s.stdout
+    r2 = sweep("s.yaml", "--cluster", str(PROFILE), cwd=tmp_path)              # resubmitted: nothing submitted
+    assert r2.returncode == 1 and "failed its gate" in r2.stdout and "submitted" not in r2.stdout
