@@ -37,6 +37,7 @@ NAMES = {"sft": "SFT", "restem": "RestEM", "dpo": "DPO+", "ppo": "PPO", "vineppo
          "rloo": "RLOO"}
 COLORS = {"sft": "#7f7f7f", "restem": "#8c564b", "dpo": "#9467bd", "ppo": "#1f77b4", "vineppo": "#d62728",
           "grpo": "#2ca02c", "rloo": "#ff7f0e"}
+FAMILY = ("ppo", "vineppo", "grpo", "rloo")     # one batch of prompts x samples per iteration: budgets comparable
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 
 
@@ -95,11 +96,21 @@ def load(results: Path) -> pd.DataFrame:
                              "group": cfg.get("group"), "seed": cfg.get("seed"), "state": state,
                              "setting": setting, **extra,
                              "total_iterations": cfg.get("train", {}).get("iterations"),
+                             "episodes": (m.get("iteration") or 0) * _episodes_per_iteration(cfg),
                              "kl": last_train.get("kl"), "train_reward": last_train.get("train_reward"),
                              **{k: m.get(k) for k in ("iteration", "grad_steps", "wall_s", "flops", "device_s",
                                                       "tokens_generated", "split", "acc", "acc_greedy",
                                                       "pass_at_n", "n_problems", "samples", "temperature")}})
     return pd.DataFrame(rows)
+
+
+def _episodes_per_iteration(cfg: dict) -> float:
+    """Responses sampled and trained on per iteration: prompts x samples for the PPO family, NaN for the others
+    (DPO+ samples once, RestEM fine-tunes on a filtered set)."""
+    t = cfg.get("train") or {}
+    if cfg.get("algorithm") not in FAMILY:
+        return float("nan")
+    return float(t.get("prompts_per_iteration", 0) * t.get("samples_per_prompt", 0))
 
 
 def label_order(labels) -> list[str]:
@@ -185,17 +196,18 @@ def _table(df: pd.DataFrame, setting: str | None) -> str:
         target = ppo.groupby("iteration").acc.mean().max()
     ext = [c for c, name in (("eval_cli_acc", "harness.evaluate test"), ("lm_eval_acc", "lm-eval test"))
            if c in test and test[c].notna().any()]
-    lines = ["| method | test acc (mean ± 95% CI) | greedy | seeds | iterations | grad steps | wall-clock s |"
+    start = start_point(test)
+    lines = ["| method | test acc (mean ± 95% CI) | vs start | greedy | seeds | iterations | grad steps | wall-clock s |"
              + (f" grad steps to PPO best val ({target:.3f}) | wall-clock s to PPO best val |" if target else "")
              + "".join(f" {'harness.evaluate' if c == 'eval_cli_acc' else 'lm-eval'} test |" for c in ext)
              + (" paper test % |" if setting else ""),
-             "|---|---|---|---|---|---|---|" + ("---|---|" if target else "") + "---|" * (len(ext) + bool(setting))]
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if target else "") + "---|" * (len(ext) + bool(setting))]
     for lab in label_order(test.label):
         g = test[test.label == lab]
         acc = g.acc.to_numpy(float)
         ci = ci95(acc)
         greedy = g.acc_greedy.mean() if g.acc_greedy.notna().any() else float("nan")
-        row = (f"| {display(lab)} | {acc.mean():.3f} ± {ci:.3f} | {greedy:.3f} | {len(g)} | "
+        row = (f"| {display(lab)} | {acc.mean():.3f} ± {ci:.3f} | {vs_start(g, start)} | {greedy:.3f} | {len(g)} | "
                f"{int(g.iteration.mean())} | {int(g.grad_steps.mean())} | {g.wall_s.mean():.0f} |")
         if target:
             hits = []
@@ -218,8 +230,59 @@ def _table(df: pd.DataFrame, setting: str | None) -> str:
             row += f" {pv} |" if pv is not None else " – |"
         lines.append(row.replace("± nan", "").replace("nan", "–"))
     notes = ["", "Test accuracy: each run's evaluation after its last iteration; CI = t-interval over seeds. "
-                 "Wall-clock excludes evaluation."]
-    return "\n".join(lines + notes) + "\n"
+                 "Wall-clock excludes evaluation. `vs start`: mean minus the SFT start's test accuracy, marked "
+                 "*within noise* when below twice its standard error (the start's binomial error and the spread "
+                 "over seeds): such a method has not measurably learned."]
+    return "\n".join(lines + notes) + "\n" + budget_table(df)
+
+
+def start_point(final: pd.DataFrame) -> dict | None:
+    """The SFT start's final accuracy on a split, with its binomial variance (None without an SFT run)."""
+    sft = final[final.algorithm == "sft"]
+    if sft.empty:
+        return None
+    p, n = float(sft.acc.mean()), float((sft.n_problems * sft.samples.fillna(1)).iloc[0])
+    return {"acc": p, "var": p * (1 - p) / n if n > 0 else 0.0}
+
+
+def vs_start(g: pd.DataFrame, start: dict | None) -> str:
+    if start is None or g.algorithm.iloc[0] == "sft":
+        return "–"
+    acc = g.acc.to_numpy(float)
+    d = acc.mean() - start["acc"]
+    var_seeds = acc.var(ddof=1) / len(acc) if len(acc) > 1 else 0.0
+    noise = 2 * math.sqrt(start["var"] + var_seeds)
+    return f"{d:+.3f}" + (" *within noise*" if d < noise else "")
+
+
+def at(g: pd.DataFrame, x: str, value: float) -> float:
+    """Mean over the runs of g of accuracy at x = value (linear interpolation between evaluations)."""
+    return float(np.mean([np.interp(value, r.sort_values(x)[x].to_numpy(float), r.sort_values(x).acc.to_numpy(float))
+                          for _, r in g.groupby("run")]))
+
+
+def budget_table(df: pd.DataFrame, split: str = "validation") -> str:
+    """The PPO family compared at equal budgets: the largest iteration count, number of training episodes and
+    training wall-clock that every one of their runs reached (validation curves, interpolated between evaluations)."""
+    d = df[(df.split == split) & (df.state == "done") & df.algorithm.isin(FAMILY)]
+    if d.label.nunique() < 2:
+        return ""
+    ends = d.groupby("run")[["iteration", "episodes", "wall_s"]].max()
+    n_it, n_ep, wall = ends.iteration.min(), ends.episodes.min(), ends.wall_s.min()
+    lines = ["", f"**At equal budgets** ({split} accuracy, mean over seeds; the PPO family only):", "",
+             f"| method | seeds | at iteration {n_it:.0f} (equal iterations) | at {n_ep:.0f} episodes (equal "
+             f"episodes) | at {wall:.0f} s (equal wall-clock) | iterations reached in {wall:.0f} s |",
+             "|---|---|---|---|---|---|"]
+    for lab in label_order(d.label):
+        g = d[d.label == lab]
+        reached = np.mean([np.interp(wall, r.sort_values("wall_s").wall_s, r.sort_values("wall_s").iteration)
+                           for _, r in g.groupby("run")])
+        lines.append(f"| {display(lab)} | {g.run.nunique()} | {at(g, 'iteration', n_it):.3f} | "
+                     f"{at(g, 'episodes', n_ep):.3f} | {at(g, 'wall_s', wall):.3f} | {reached:.0f} |")
+    lines += ["", "Equal iterations: the largest iteration count all these runs reached. Equal episodes: sampled "
+              "responses trained on (prompts x samples per iteration). Equal wall-clock: the shortest of these runs' "
+              "training times (evaluation excluded), each curve read there."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

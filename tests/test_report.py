@@ -24,7 +24,8 @@ def write_run(root: Path, name: str, algorithm: str, seed: int, accs: list[float
     d.mkdir(parents=True)
     n = 10 * (len(accs) - 1)
     cfg = {"algorithm": algorithm, "label": label or algorithm, "group": "rl", "seed": seed,
-           "train": {"iterations": n}, "algo": {"K": K} if K else {}}
+           "train": {"iterations": n, "prompts_per_iteration": 16, "samples_per_prompt": 8},
+           "algo": {"K": K} if K else {}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = []
     for i, acc in enumerate(accs):
@@ -36,7 +37,8 @@ def write_run(root: Path, name: str, algorithm: str, seed: int, accs: list[float
                              "grad_steps": 2 * j, "flops": 1e9 * j, "tokens_generated": 1000 * j * (K or 1)})
         for split in (["validation", "test"] if it == n else ["validation"]):
             rows.append({"kind": "eval", "iteration": it, "split": split, "acc": acc, "acc_greedy": 0.9,
-                         "wall_s": 2.0 * it, "grad_steps": 2 * it, "flops": 1e9 * it + 1})
+                         "wall_s": 2.0 * it * (K or 1), "grad_steps": 2 * it, "flops": 1e9 * it + 1,
+                         "n_problems": 100, "samples": 2})
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "status.json").write_text(json.dumps({"state": "done"}))
     for it, (gt, pred, top, rnd) in (values or {}).items():
@@ -158,3 +160,19 @@ def test_keep_every_snapshots_and_analysis_cli(tmp_path):
     assert r.returncode == 0 and "[analyze]" not in r.stdout
     r = subprocess.run(args[:4] + [str(ppo), "--iterations", "7"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "no snapshot at iteration(s) [7]" in r.stderr
+
+
+def test_table_marks_no_learning_and_compares_equal_budgets(results):
+    write_run(results, "rl-grpo-s0", "grpo", 0, [0.3, 0.3, 0.31], kls=[0, 0.1, 0.1], train=[None, 0.3, 0.3])  # +0.01
+    assert plot.main([str(results)]) == 0
+    md = (results / "table.md").read_text()
+    # the start: 0.3 on 100 problems x 2 samples -> 2 sigma = 2 sqrt(0.21 / 200) = 0.065
+    assert "| PPO | 0.500 ± 0.000 | +0.200 |" in md and "| DPO+ | 0.400  | +0.100 |" in md
+    assert "| GRPO | 0.310  | +0.010 *within noise* |" in md
+    # equal budgets: every PPO-family run reached 20 iterations = 2560 episodes; the shortest run (PPO, 2 s per
+    # iteration) trained 40 s, where VinePPO K=3 (6 s per iteration) reads 0.3 + 0.2 * 40 / 60
+    assert "at iteration 20 (equal iterations) | at 2560 episodes (equal episodes) | at 40 s (equal wall-clock)" in md
+    assert "| PPO | 2 | 0.500 | 0.500 | 0.500 | 20 |" in md
+    assert "| VinePPO | 2 | 0.600 | 0.600 | 0.433 | 7 |" in md
+    assert "| GRPO | 1 | 0.310 | 0.310 | 0.310 | 20 |" in md
+    assert "DPO+ |" not in md.split("At equal budgets")[1]                # offline methods are not in it
