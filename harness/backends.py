@@ -27,13 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def lr_factor(tcfg, total: int):
-    """Linear warmup over `warmup_ratio` of the planned steps, then linear decay to 0 at the last (or constant)."""
+    """Linear warmup over `warmup_ratio` of the planned steps, then linear decay to 0 at the last (`linear`), none
+    (`constant`), or none until the last `decay_ratio` of the steps, which decay linearly to 0 (`wsd`:
+    warmup-stable-decay)."""
     warm = int(math.ceil(tcfg.warmup_ratio * total))
+    start = warm if tcfg.schedule == "linear" else total - int(math.ceil(tcfg.decay_ratio * total))
 
     def factor(step):
         if step < warm:
             return (step + 1) / warm
-        return 1.0 if tcfg.schedule == "constant" else max(0.0, (total - step) / max(1, total - warm))
+        if tcfg.schedule == "constant" or step < start:
+            return 1.0
+        return max(0.0, (total - step) / max(1, total - max(start, warm)))
     return factor
 
 

@@ -85,7 +85,10 @@ class TrainConfig(Strict):
     batch_size: int = Field(64, ge=1, description="sequences per optimizer step")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward (gradient accumulation)")
     lr: float = Field(1e-6, gt=0.0)
-    schedule: Literal["linear", "constant"] = "linear"
+    schedule: Literal["linear", "constant", "wsd"] = Field("linear", description="after the warmup: linear decay to 0 "
+                                                          "| constant | wsd: constant, then linear decay to 0 over the "
+                                                          "last decay_ratio of the steps")
+    decay_ratio: float = Field(0.2, gt=0.0, le=1.0, description="schedule wsd: share of the steps that decay")
     warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)

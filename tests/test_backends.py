@@ -232,3 +232,5 @@ def test_learning_rate_schedule_is_pinned():
     assert [round(f(s), 6) for s in range(11)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
     g = lr_factor(TrainConfig(warmup_ratio=0.0, schedule="constant"), total=10)
     assert [g(s) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    w = lr_factor(TrainConfig(warmup_ratio=0.2, schedule="wsd", decay_ratio=0.3), total=10)   # decays from step 7
+    assert [round(w(s), 6) for s in range(11)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.666667, 0.333333, 0.0]
