@@ -19,6 +19,7 @@ from harness.slurm import Profile, check_cluster, job_groups, job_resources, loa
 from harness.status import last_error_line
 
 from helpers import ROOT, env, sh, strip_timing
+from test_gate import MINI as GATE_MINI
 PROFILE = ROOT / "slurm" / "local.yaml"
 # MINI of test_e2e.py, one thread per run (results must not depend on where the run happens), plus: PPO without
 # periodic checkpoints (a resume after USR2 can only come from the checkpoint saved on the signal), VinePPO on the
@@ -307,26 +308,9 @@ def test_failed_job_is_reported_with_its_log(scenario):
     assert f"failed: {rid['broken-sft-s0']}" in s["second"] and "log:" in s["second"]
 
 
-GATED = """
-name: gated
-defaults:
-  threads: 1
-  resources: {cpus: 1, mem_gb: 1, time_min: 30}
-  task: {name: arithmetic, n_train: 200, n_validation: 8, n_test: 8, min_ops: 2, max_ops: 3}
-  model: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64}
-  sampling: {temperature: 1.0, top_p: 1.0, max_new_tokens: 24}
-  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 1, batch_size: 8, lr: 1.0e-4}
-  eval: {every: 0, samples: 2, temperature: 1.0, top_p: 1.0, at_start: false}
-  progress: false
-groups:
-  - name: sft
-    set: {algorithm: sft, train.iterations: 2, train.lr: 3.0e-3}
-  - name: rl
-    init_from: sft
-    require: {split: validation, acc_greedy: 1.0}
-    seeds: [0, 1]
-    set: {algorithm: grpo, train.iterations: 1}
-"""
+# test_gate.py's mini sweep on the cluster: one thread, small jobs, a bar a 2-step SFT cannot reach.
+GATED = textwrap.dedent(GATE_MINI).replace("BAR", "1.0").replace(
+    "defaults:\n", "defaults:\n  threads: 1\n  resources: {cpus: 1, mem_gb: 1, time_min: 30}\n")
 
 
 def test_failed_gate_cancels_dependent_jobs_before_they_start(tmp_path):
@@ -334,7 +318,7 @@ def test_failed_gate_cancels_dependent_jobs_before_they_start(tmp_path):
     never run), and they are reported blocked with the numbers."""
     need_cluster()
     name = f"gated{os.getpid()}"
-    (tmp_path / "s.yaml").write_text(textwrap.dedent(GATED).replace("name: gated", f"name: {name}"))
+    (tmp_path / "s.yaml").write_text(GATED.replace("name: g\n", f"name: {name}\n"))
     r = sweep("s.yaml", "--cluster", str(PROFILE), "--wait", cwd=tmp_path)
     out = tmp_path / "results" / name
     sft = next(out.glob("sft-*"))
