@@ -1,4 +1,4 @@
-# README command 1: `make tiny`   (set-up + tiny sweep + plots, CPU)
+# README command 1: `make tiny`   (set-up + tiny sweep + plots + the check of the README's claims, CPU)
 # README command 2: `make test`   (set-up + the whole test suite; what .ci/run calls)
 # `make test-vllm`: the vLLM engine's tests in their own environment (.venv-vllm, CPU build of vLLM)
 PYTHON ?= python3
@@ -42,6 +42,7 @@ $(VENV_VLLM)/.installed: pyproject.toml constraints.txt
 tiny: setup
 	$(PY) -m harness.sweep experiments/tiny.yaml
 	$(PY) -m harness.plot results/tiny
+	$(PY) -m harness.check results/tiny
 
 test: setup-deepspeed
 	$(PY) -m pytest -q -m "slow or not slow"
