@@ -53,7 +53,8 @@ def main():
     print(f"{'parameter':52s} bf16 rel. err  bf16 cosine  fp32 rel. err")
     for n, (rb, r32, cos) in sorted(rel.items(), key=lambda kv: -kv[1][0])[:8]:
         print(f"{n:52s} {rb:12.4f}  {cos:11.6f}  {r32:12.2e}")
-    print(f"median bf16 relative error over {len(rel)} parameters: {sorted(v[0] for v in rel.values())[len(rel) // 2]:.4f}")
+    median = sorted(v[0] for v in rel.values())[len(rel) // 2]
+    print(f"median bf16 relative error over {len(rel)} parameters: {median:.4f}")
 
 
 if __name__ == "__main__":

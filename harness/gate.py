@@ -43,6 +43,12 @@ def check(run_dir: Path, gate: dict | None) -> str | None:
     return None
 
 
+def start_short(run, out: Path) -> str | None:
+    """Why `run` (a harness.config.Run) may not start from its start in `out` (done, short of the gate), or None."""
+    g = run.cfg.model.init_require
+    return check(Path(out) / run.depends_on[0], g.model_dump()) if run.depends_on and g is not None else None
+
+
 def gate_bars(gate: dict) -> dict[str, float]:
     return {m: gate[m] for m in ("acc", "acc_greedy") if gate.get(m) is not None}
 

@@ -60,8 +60,7 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                     continue
                 if any(states.get(d) != "done" for d in deps):
                     continue
-                why = gate.check(out / r.depends_on[0], r.cfg.model.init_require and
-                                 r.cfg.model.init_require.model_dump()) if r.depends_on else None
+                why = gate.start_short(r, out)
                 if why:                                      # the start is done but short of what this run needs
                     pending.remove(r)
                     states[r.id] = "blocked"

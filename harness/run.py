@@ -194,8 +194,9 @@ class Runner:
             if self.main:
                 self.metrics.append(row)
                 greedy = f" greedy {res['acc_greedy']:.3f}" if "acc_greedy" in res else ""
-                print(f"[{self.run_id}] eval it {self.state['iteration']} {split}: acc {res['acc']:.3f}{greedy} "
-                      + (f"(reused: {res['reused_from']}'s final evaluation)" if "reused_from" in res else f"({res['t_eval']:.1f}s)"),
+                took = (f"(reused: {res['reused_from']}'s final evaluation)" if "reused_from" in res
+                        else f"({res['t_eval']:.1f}s)")
+                print(f"[{self.run_id}] eval it {self.state['iteration']} {split}: acc {res['acc']:.3f}{greedy} {took}",
                       flush=True)
 
     # --- the loop ----------------------------------------------------------------------------------------------

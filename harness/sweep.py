@@ -131,8 +131,7 @@ def main(argv=None) -> int:
         return 0
     blocked = {}
     for r in todo:                         # a start that is already done and short of the bar: its runs never start
-        why = r.depends_on and state.get(r.depends_on[0]) == "done" and gate.check(
-            out / r.depends_on[0], r.cfg.model.init_require and r.cfg.model.init_require.model_dump())
+        why = r.depends_on and state.get(r.depends_on[0]) == "done" and gate.start_short(r, out)
         if why:
             blocked[r.id] = why
             print(f"[sweep] blocked  {r.id}: {why}")
