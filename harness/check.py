@@ -37,9 +37,11 @@ def claims(results: Path, min_gain: float) -> list[tuple[str, bool | None, str]]
     bad = {k: v for k, v in states.items() if v != "done"}
     out.append((f"all {len(runs)} runs are done", bool(runs) and not bad,
                 ", ".join(f"{k}: {v}" for k, v in sorted(bad.items())) or "none failed, blocked or missing"))
+    cfgs = {p.name: (yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else None)
+            or {} for p in runs}
     gates = {}
     for p in runs:
-        m = (yaml.safe_load((p / "config.yaml").read_text()) or {}).get("model") or {}
+        m = cfgs[p.name].get("model") or {}
         if m.get("init_run") and m.get("init_require"):
             gates[(m["init_run"], yaml.safe_dump(m["init_require"]))] = m["init_require"]
     for (start, _), g in gates.items():
@@ -54,7 +56,7 @@ def claims(results: Path, min_gain: float) -> list[tuple[str, bool | None, str]]
     if sft.empty:
         out.append(("the sweep has an SFT start evaluated on test", False, "no finished SFT run with a test row"))
         return out
-    start = float(sft.acc.mean())
+    start = plot.start_point(test)["acc"]
     for lab in plot.label_order(test[test.algorithm != "sft"].label):
         g = test[test.label == lab]
         mean = float(g.acc.mean())
@@ -73,8 +75,7 @@ def claims(results: Path, min_gain: float) -> list[tuple[str, bool | None, str]]
         for f in sorted((p / "analysis" / "values").glob("iter_*.json"))[-1:]:
             r = read_json(f, {}) or {}
             if r.get("mae") is not None:
-                algo = (yaml.safe_load((p / "config.yaml").read_text()) or {}).get("algorithm")
-                mae.setdefault(algo, []).append(r["mae"])
+                mae.setdefault(cfgs[p.name].get("algorithm"), []).append(r["mae"])
     if mae.get("ppo") and mae.get("vineppo"):
         v, q = sum(mae["vineppo"]) / len(mae["vineppo"]), sum(mae["ppo"]) / len(mae["ppo"])
         out.append(("value MAE vs MC ground truth, VinePPO / PPO", None, f"{v:.3f} / {q:.3f} = {v / q:.2f}x"))

@@ -255,10 +255,10 @@ def vs_start(g: pd.DataFrame, start: dict | None) -> str:
     return f"{d:+.3f}" + (" *within noise*" if d < noise else "")
 
 
-def at(g: pd.DataFrame, x: str, value: float) -> float:
-    """Mean over the runs of g of accuracy at x = value (linear interpolation between evaluations)."""
-    return float(np.mean([np.interp(value, r.sort_values(x)[x].to_numpy(float), r.sort_values(x).acc.to_numpy(float))
-                          for _, r in g.groupby("run")]))
+def at(g: pd.DataFrame, x: str, value: float, y: str = "acc") -> float:
+    """Mean over the runs of g of column y at x = value (linear interpolation between evaluations)."""
+    runs = [r.sort_values(x) for _, r in g.groupby("run")]
+    return float(np.mean([np.interp(value, r[x].to_numpy(float), r[y].to_numpy(float)) for r in runs]))
 
 
 def budget_table(df: pd.DataFrame, split: str = "validation") -> str:
@@ -275,10 +275,9 @@ def budget_table(df: pd.DataFrame, split: str = "validation") -> str:
              "|---|---|---|---|---|---|"]
     for lab in label_order(d.label):
         g = d[d.label == lab]
-        reached = np.mean([np.interp(wall, r.sort_values("wall_s").wall_s, r.sort_values("wall_s").iteration)
-                           for _, r in g.groupby("run")])
         lines.append(f"| {display(lab)} | {g.run.nunique()} | {at(g, 'iteration', n_it):.3f} | "
-                     f"{at(g, 'episodes', n_ep):.3f} | {at(g, 'wall_s', wall):.3f} | {reached:.0f} |")
+                     f"{at(g, 'episodes', n_ep):.3f} | {at(g, 'wall_s', wall):.3f} | "
+                     f"{at(g, 'wall_s', wall, 'iteration'):.0f} |")
     lines += ["", "Equal iterations: the largest iteration count all these runs reached. Equal episodes: sampled "
               "responses trained on (prompts x samples per iteration). Equal wall-clock: the shortest of these runs' "
               "training times (evaluation excluded), each curve read there."]

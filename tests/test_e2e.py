@@ -55,6 +55,13 @@ def test_sweep_plot_and_rerun(tmp_path):
         assert x["flops"] > 0 and x["grad_steps"] > 0
         evals = [x for x in rows if x["kind"] == "eval"]
         assert {x["split"] for x in evals if x["iteration"] == train[-1]["iteration"]} == {"validation", "test"}
+    sft = [r for r in runs if r.name.startswith("sft-")][0]
+    sft_val = [x for x in read_jsonl(sft / "metrics.jsonl") if x["kind"] == "eval" and x["split"] == "validation"][-1]
+    for run in runs:                     # iteration 0 of an RL run is its start: the SFT run's final evaluation
+        if run != sft:
+            first = [x for x in read_jsonl(run / "metrics.jsonl") if x["kind"] == "eval"][0]
+            assert first["iteration"] == 0 and first["reused_from"] == sft.name
+            assert (first["acc"], first["acc_greedy"]) == (sft_val["acc"], sft_val["acc_greedy"])
     vine = [r for r in runs if "vineppo" in r.name][0]
     last = [x for x in read_jsonl(vine / "metrics.jsonl") if x["kind"] == "train"][-1]
     assert last["mc_rollouts"] > 0 and last["t_mc_rollouts"] > 0 and "kl" in last
