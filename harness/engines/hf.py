@@ -4,7 +4,8 @@ A plain decode loop instead of `model.generate` because the RL workloads here ar
 with shared prefixes (K rollouts of a state; the nested step states of one response): prompts that are prefixes of
 other prompts in a chunk get their keys/values from one shared prefill (prefix caching), each row stops at EOS, a
 stop string or its own token budget, and finished rows are dropped from the batch and the KV cache (in batches,
-once a quarter has finished), so a chunk costs about what its live rows cost, not what its longest row costs.
+once a quarter has finished, along with the left padding no live row needs), so a chunk costs about what its live
+rows cost, not what its longest row costs.
 """
 from __future__ import annotations
 
@@ -70,9 +71,17 @@ class BufferedLayer(DynamicLayer):
         self._views()
         return self.keys, self.values
 
-    def batch_select_indices(self, indices: torch.Tensor):
-        self.buf_k, self.buf_v = self.buf_k[indices], self.buf_v[indices]
+    def select(self, indices: torch.Tensor, start: int = 0):
+        """Keep the rows `indices` and the positions from `start` on (left padding no kept row needs). Copies only
+        the kept rows' filled positions; the spare room is allocated, not copied."""
+        cap = self.buf_k.shape[-2] - start
+        keys, values = self.keys[indices, :, start:], self.values[indices, :, start:]
+        self.buf_k, self.buf_v = self._alloc(keys, cap), self._alloc(values, cap)
+        self.n -= start
         self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        self.select(indices)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -235,7 +244,12 @@ class HFEngine:
             if (~alive).sum() * 4 >= len(alive):        # compact once a quarter of the rows has finished
                 keep = alive.nonzero().squeeze(-1)
                 live, nxt, next_pos, attn, alive = live[keep], nxt[keep], next_pos[keep], attn[keep.to(dev)], alive[keep]
-                cache.batch_select_indices(keep.to(dev))
+                # Deep states finish first (small budgets): drop the left padding that only they needed, so that
+                # attention reads only positions some live row attends to (positions are explicit: no shift).
+                start = int(attn.any(0).long().argmax())
+                attn = attn[:, start:]
+                for layer in cache.layers:
+                    layer.select(keep.to(dev), start)
             attn = torch.cat([attn, torch.ones((len(live), 1), dtype=attn.dtype, device=dev)], dim=1)
             logits = self.model(input_ids=nxt.view(-1, 1).to(dev), attention_mask=attn,
                                 position_ids=next_pos.view(-1, 1).to(dev), past_key_values=cache,
