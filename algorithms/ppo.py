@@ -81,7 +81,7 @@ class PPO(OnPolicy):
                                        batch["returns"][mrows].to(self.device), mask, self.opts.value_clip)
             w = w_pad * float(mask.sum()) / max(tokens, 1.0)
             self.critic_trainer.backward(vloss * w)
-            vloss_total += float(vloss) * w
+            vloss_total += float(vloss.detach()) * w
         stats["value_loss"] = self.all_sum({"v": vloss_total})["v"]
         stats["critic_grad_norm"] = self.critic_trainer.step()
         return stats

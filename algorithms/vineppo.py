@@ -9,6 +9,13 @@ Every token of step i gets A_i (steps -> characters -> tokens through the tokeni
 step's). Identical prefixes across the batch are rolled out once; the rollouts are only used for V, never trained
 on. States beyond `max_states` are not estimated: their value is back-filled with the return, so those steps get
 advantage 0 (the authors' GSM8K setting, 25). The policy update is the shared PPO one (algorithms/onpolicy.py).
+
+Reused continuations (`reuse`): a rollout from s_i whose first tokens are exactly step y_i is, from there on, a
+sample from pi(. | s_{i+1}) (the policy only sees its prefix), with the same reward and the same remaining token
+budget. So the states of a response are estimated level by level, and s_{i+1} only samples the K - M continuations
+its parent's matching rollouts (M of them) do not already provide: every state still averages K samples of its own
+continuation distribution, so V(s) stays unbiased (tests/test_vineppo.py checks it against fresh sampling); states
+deep in a response, whose parents mostly continue along the response, cost a fraction of K rollouts.
 """
 from __future__ import annotations
 
@@ -30,6 +37,23 @@ class VinePPO(OnPolicy):
         model_config = ConfigDict(extra="forbid")
         K: int = Field(9, ge=1, description="MC rollouts per step-boundary state")
         max_states: int | None = Field(None, ge=1, description="estimate only the first N states (GSM8K: 25)")
+        reuse: bool | None = Field(None, description="count a parent state's rollouts that continue along the "
+                                   "response toward the next state's K (default: on when the task has no stop "
+                                   "strings)")
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        from harness import tasks
+        # A stop string straddling a step boundary cuts a parent's rollout but not a fresh sample of the next state
+        # (engines look for stop strings in generated text only), so reuse is exact only without stop strings.
+        if cfg.algo.get("reuse") and tasks.get(cfg.task["name"]).stop:
+            raise ValueError(f"algo.reuse: true needs a task without stop strings; task {cfg.task['name']!r} stops "
+                             f"at {tasks.get(cfg.task['name']).stop!r} (set algo.reuse: false)")
+
+    def __init__(self, cfg, policy, tokenizer, engine, task):
+        super().__init__(cfg, policy, tokenizer, engine, task)
+        self.reuse = not task.stop if self.opts.reuse is None else self.opts.reuse
 
     def advantages(self, batch: dict) -> torch.Tensor:
         samples, problems, prompts = batch["samples"], batch["problems"], batch["prompts"]
@@ -47,15 +71,21 @@ class VinePPO(OnPolicy):
             trajs.append((x, reward, body, offsets, bounds, cut))
         # 2. One MC estimate per unique state.
         states: dict[tuple, int] = {}
-        requests = []
+        requests, parent = [], []
         for x, _, body, offsets, bounds, cut in trajs:
+            up = None
             for i, k in enumerate(cut[:self.opts.max_states]):
                 key = (x.prompt_index, tuple(body[:k]))
                 if key not in states:
                     states[key] = len(requests)
                     prefix_text = x.text[:offsets[k]] if k < len(offsets) else x.text
                     requests.append((x.prompt_index, body[:k], prefix_text))
-        values = self.mc_values(requests, problems, prompts, batch["iteration"])
+                    parent.append(up)
+                up = states[key]
+        if self.reuse:
+            values, fresh = self.tree_values(requests, parent, problems, prompts, batch["iteration"])
+        else:
+            values, fresh = self.mc_values(requests, problems, prompts, batch["iteration"]), len(requests) * self.opts.K
         # 3. Step advantages, painted onto the tokens of each step.
         adv = torch.zeros_like(batch["mask"])
         est_values = []
@@ -70,7 +100,7 @@ class VinePPO(OnPolicy):
             tok_adv += [a_step[-1]] * (len(x.token_ids) - len(body))   # EOS takes the last step's advantage
             start = len(prompts[x.prompt_index]) - 1
             adv[b, start:start + len(tok_adv)] = torch.tensor(tok_adv)
-        batch["vine"] = {"states": len(requests), "state_refs": sum(len(t[5]) for t in trajs),
+        batch["vine"] = {"states": len(requests), "state_refs": sum(len(t[5]) for t in trajs), "rollouts": fresh,
                          "value_mean": sum(est_values) / max(len(est_values), 1)}
         return adv
 
@@ -91,9 +121,40 @@ class VinePPO(OnPolicy):
             sums[r] += g
         return [v / K for v in sums]
 
+    def tree_values(self, requests, parent, problems, prompts, iteration) -> tuple[list[float], int]:
+        """V(s) for each request as in mc_values, with reused continuations (see the module docstring). `parent[r]`
+        is the state one step up the response (None for the bare prompt); its token prefix is a prefix of r's.
+        Returns the values and the number of rollouts sampled."""
+        K, s = self.opts.K, self.cfg.sampling
+        children = [[] for _ in requests]
+        for r, up in enumerate(parent):
+            if up is not None:
+                children[up].append(r)
+        pool = [[] for _ in requests]      # (tokens after the state, reward) of each state's K continuations
+        level, depth, fresh = [r for r, up in enumerate(parent) if up is None], 0, 0
+        while level:
+            need = [r for r in level for _ in range(K - len(pool[r]))]
+            outs = self.engine.generate([prompts[requests[r][0]] + requests[r][1] for r in need], n=1,
+                                        temperature=s.temperature, top_p=s.top_p,
+                                        max_new_tokens=[s.max_new_tokens - len(requests[r][1]) for r in need],
+                                        stop=self.task.stop, seed=self.seed(iteration, f"mc-{depth}"),
+                                        tag="mc_rollouts")
+            done = [k for k, x in enumerate(outs) if x.finished]
+            grades = dict(zip(done, grade_many(self.task, [(requests[need[k]][2] + outs[k].text,
+                                                            problems[requests[need[k]][0]]["answer"]) for k in done])))
+            for k, (r, x) in enumerate(zip(need, outs)):
+                pool[r].append((x.token_ids, grades.get(k, 0.0)))      # unfinished = 0
+            fresh += len(need)
+            for r in level:                 # hand on the rollouts that continue along a child's step
+                for c in children[r]:
+                    step = requests[c][1][len(requests[r][1]):]
+                    pool[c] += [(ids[len(step):], g) for ids, g in pool[r] if ids[:len(step)] == step]
+            level, depth = [c for r in level for c in children[r]], depth + 1
+        return [sum(g for _, g in p) / len(p) for p in pool], fresh
+
     def batch_metrics(self, batch: dict) -> dict[str, float]:
         out = super().batch_metrics(batch)
         v = batch["vine"]
-        out.update(mc_states=v["states"], mc_rollouts=v["states"] * self.opts.K, mc_value_mean=v["value_mean"],
+        out.update(mc_states=v["states"], mc_rollouts=v["rollouts"], mc_value_mean=v["value_mean"],
                    mc_dedup=1.0 - v["states"] / max(v["state_refs"], 1))
         return out

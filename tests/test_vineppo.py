@@ -1,5 +1,8 @@
 """VinePPO's estimator on a hand-built tree: a scripted policy whose continuation from each state is correct with a
-known probability, so V(s) is known exactly and the token advantages can be written down."""
+known probability, so V(s) is known exactly and the token advantages can be written down; and the reuse of
+continuations (algo.reuse) against a consistent stochastic policy whose values are known in closed form."""
+import random
+
 import pytest
 import torch
 
@@ -39,14 +42,16 @@ class ScriptedEngine:
         return out
 
 
-def build(tok, samples_texts, K=4, max_states=None):
+def build(tok, samples_texts, K=4, max_states=None, reuse=False, engine_cls=None):
     T = get("arithmetic")
     task = T(T.Config(n_train=10, n_validation=1, n_test=1))
-    cfg = RunConfig.model_validate({"algorithm": "vineppo", "algo": {"K": K, "max_states": max_states},
+    cfg = RunConfig.model_validate({"algorithm": "vineppo", "algo": {"K": K, "max_states": max_states, "reuse": reuse},
                                     "train": {"kl_coef": 0.0}})
     problem = {"id": "p", "question": "1a+1b+3=", "answer": "5"}
     prompt_ids = [tok.bos_token_id] + tok(problem["question"], add_special_tokens=False)["input_ids"]
-    engine = ScriptedEngine(tok, len(prompt_ids))
+    # The value-table engine is not a consistent policy (its rollouts from s0 all continue along RESPONSE), so the
+    # exact tests above run without reuse; the reuse tests below use MarkovEngine.
+    engine = (engine_cls or ScriptedEngine)(tok, len(prompt_ids))
     algo = algorithms.get("vineppo")(cfg, tiny_llama(tok), tok, engine, task)
     samples = []
     for text in samples_texts:
@@ -107,3 +112,80 @@ def test_offsets_on_bpe_cross_boundary_tokens(bpe_tok):
     assert offs[0] == 0 and offs == sorted(offs) and len(ids) < len(RESPONSE)   # multi-char tokens
     pieces = [bpe_tok.decode([i]) for i in ids]
     assert all(RESPONSE[o:o + len(p)] == p for o, p in zip(offs, pieces))
+
+
+class MarkovEngine:
+    """A consistent stochastic policy for "1a+1b+3=" (answer 5): each remaining step's result is right with
+    probability Q, else one more than right, and the chain continues from what was written; then "#<value>". So
+    V(prefix) = Q ** (steps left) if every step so far is right, else 0."""
+    Q, OPS = 0.7, (("a", 1), ("b", 3))
+
+    def __init__(self, tok, prompt_len):
+        self.tokenizer, self.prompt_len, self.rows = tok, prompt_len, 0
+
+    def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seed, tag):
+        rng, out = random.Random(seed), []
+        for i, p in enumerate(prompts):
+            prefix = self.tokenizer.decode(p[self.prompt_len:], skip_special_tokens=True)
+            done = prefix.count(";")
+            v = int(prefix[-2]) if done else 1
+            for _ in range(n):
+                text, w = "", v
+                for label, x in self.OPS[done:]:
+                    r = (w + x) % 10 if rng.random() < self.Q else (w + x + 1) % 10
+                    text, w = text + f"{w}{label}+{x}={r};", r
+                text += f"#{w}"
+                out.append(Sample(i, self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                                  + [self.tokenizer.eos_token_id], text, True))
+        self.rows += n * len(prompts)
+        return out
+
+
+def exact_value(prefix: str) -> float:
+    right = {"": True, "1a+1=2;": True, "1a+1=2;2b+3=5;": True}
+    return MarkovEngine.Q ** (2 - prefix.count(";")) if right.get(prefix, False) else 0.0
+
+
+RESPONSES = [RESPONSE, "1a+1=3;3b+3=6;#6", "1a+1=2;2b+3=6;#6"]
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_reused_continuations_keep_the_estimate_unbiased(char_tok, reuse):
+    """Averaged over many iterations (seeds), every state's estimate converges to its exact value, with reuse as
+    without; with reuse each state still averages exactly K samples, and fewer rollouts are sampled."""
+    K, n_iter = 3, 400
+    algo, engine, batch, plen = build(char_tok, RESPONSES, K=K, reuse=reuse, engine_cls=MarkovEngine)
+    prefixes = ["", "1a+1=2;", "1a+1=3;", "1a+1=2;2b+3=5;", "1a+1=3;3b+3=6;", "1a+1=2;2b+3=6;"]
+    requests = [(0, char_tok(p, add_special_tokens=False)["input_ids"], p) for p in prefixes]
+    parent = [None, 0, 0, 1, 2, 1]
+    sums, fresh = [0.0] * len(prefixes), 0
+    for it in range(n_iter):
+        if reuse:
+            values, n = algo.tree_values(requests, parent, batch["problems"], batch["prompts"], it)
+            fresh += n
+        else:
+            values = algo.mc_values(requests, batch["problems"], batch["prompts"], it)
+            fresh += K * len(prefixes)
+        assert all(v * K == pytest.approx(round(v * K)) for v in values)       # means of exactly K 0/1 rewards
+        sums = [a + v for a, v in zip(sums, values)]
+    assert engine.rows == fresh
+    for p, total in zip(prefixes, sums):
+        # sd of one estimate <= 0.5 / sqrt(K): 4 standard errors of the mean over n_iter iterations
+        assert total / n_iter == pytest.approx(exact_value(p), abs=4 * 0.5 / (K * n_iter) ** 0.5), p
+    if reuse:
+        # s1 inherits the ~Q*K rollouts of s0 that begin with its step, and so on down: far fewer than K per state
+        assert fresh < 0.7 * K * len(prefixes) * n_iter
+
+
+def test_reuse_through_advantages_counts_the_rollouts_sampled(char_tok):
+    algo, engine, batch, plen = build(char_tok, RESPONSES, K=3, reuse=True, engine_cls=MarkovEngine)
+    adv = algo.advantages(batch)
+    assert batch["vine"]["states"] == 6 and batch["vine"]["rollouts"] == engine.rows < 6 * 3
+    assert algo.batch_metrics(batch | {"adv": adv})["mc_rollouts"] == engine.rows
+
+
+def test_reuse_is_refused_with_stop_strings():
+    from harness.config import ConfigError, RunConfig  # noqa: F401
+    with pytest.raises(ValueError, match="algo.reuse: true needs a task without stop strings"):
+        RunConfig.model_validate({"algorithm": "vineppo", "algo": {"reuse": True},
+                                  "task": {"name": "gsm8k"}})
