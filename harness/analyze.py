@@ -34,7 +34,7 @@ import torch
 from algorithms.base import token_char_offsets
 from algorithms.vineppo import VinePPO
 from harness.config import load_run_config
-from harness.metrics import atomic_write, read_json
+from harness.metrics import atomic_write, read_json, safe_load
 
 METHODS = ("ppo", "vineppo")
 DEFAULTS = {"split": "validation", "problems": 32, "samples": 1, "gt_rollouts": 256, "ranking_states": 16,
@@ -149,7 +149,7 @@ def snapshots(run_dir: Path) -> dict[int, Path | None]:
     out.update({int(p.stem.split("_")[1]): p for p in sorted((run_dir / "checkpoints").glob("iter_*.pt"))})
     latest = run_dir / "checkpoints" / "latest.pt"
     if latest.exists() and (read_json(run_dir / "status.json", {}) or {}).get("state") == "done":
-        it = torch.load(latest, map_location="cpu", weights_only=False)["loop"]["iteration"]
+        it = safe_load(latest)["loop"]["iteration"]
         out.setdefault(it, latest)
     return out
 
@@ -159,7 +159,7 @@ def load_snapshot(run_dir: Path, path: Path | None):
     from harness.run import Runner
     runner = Runner(load_run_config(run_dir / "config.yaml"), run_dir)
     if path is not None:
-        snap = torch.load(path, map_location=runner.device, weights_only=False)
+        snap = safe_load(path, runner.device)
         if "loop" in snap:                             # latest.pt: the weights are in its trainers' save<N>/
             for name, tr in runner.algo.trainers.items():
                 tr.load(path.parent / snap["loop"]["tag"] / name)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from harness import dist
+from harness.metrics import safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ class TorchTrainer:
         os.replace(tmp, path / "state.pt")
 
     def load(self, path: Path) -> None:
-        sd = torch.load(path / "state.pt", map_location=next(self.model.parameters()).device, weights_only=False)
+        sd = safe_load(path / "state.pt", next(self.model.parameters()).device)
         self.model.load_state_dict(sd["model"])
         self.opt.load_state_dict(sd["opt"])
         self.sched.load_state_dict(sd["sched"])
@@ -160,6 +161,9 @@ class DeepSpeedTrainer:
         self.engine.save_checkpoint(str(path), tag="state")
 
     def load(self, path: Path) -> None:
+        # DeepSpeed unpickles its files without restriction: check them first (mmap: types only, no data read).
+        for f in sorted((path / "state").rglob("*.pt")):
+            safe_load(f, mmap=True)
         load_path, _ = self.engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)
         if load_path is None:

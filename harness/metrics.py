@@ -2,8 +2,10 @@
 append-only JSONL with an fsync per row, truncation to a checkpoint's row count on resume. Plus compute estimates."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +26,22 @@ def atomic_write(path: str | Path, text: str) -> None:
         raise
 
 
+class UnsafeFile(Exception):
+    """A checkpoint or snapshot that holds more than tensors and plain containers."""
+
+
+def safe_load(path: str | Path, map_location="cpu", mmap: bool = False):
+    """torch.load that unpickles only tensors and plain containers (`weights_only=True`): results folders are shared
+    on clusters, and a planted checkpoint must not run code when a run resumes or is analyzed. Anything else is
+    refused with an error naming the file."""
+    import torch
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise UnsafeFile(f"refusing to load {path}: it holds objects other than tensors and plain containers (not "
+                         f"written by this harness, or altered): {str(e).strip().splitlines()[0]}") from None
+
+
 def read_json(path: str | Path, default=None):
     try:
         return json.loads(Path(path).read_text())
@@ -37,19 +55,41 @@ def write_status(run_dir: Path, state: str, **fields) -> None:
     atomic_write(run_dir / "status.json", json.dumps(old, indent=1))
 
 
+class MetricsMismatch(Exception):
+    """metrics.jsonl no longer holds the rows a checkpoint counted (edited, damaged or truncated by hand)."""
+
+
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, append-only."""
+    """metrics.jsonl: one JSON object per line, append-only. A checkpoint records how many lines it covers and their
+    checksum; resuming keeps exactly those lines, and refuses when they are not what the checkpoint counted."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def rows(self) -> int:
-        return len(read_jsonl(self.path))
+    def _lines(self) -> list[bytes]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        return [ln for ln in data.splitlines(keepends=True) if ln.endswith(b"\n")]     # a torn last line is no row
 
-    def truncate(self, n_rows: int) -> None:
-        """Keep the first n_rows complete rows (drop rows written after the checkpoint being resumed)."""
-        rows = read_jsonl(self.path)[:n_rows]
-        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+    def rows(self) -> int:
+        return len(self._lines())
+
+    def checksum(self, n_rows: int) -> str:
+        return hashlib.sha256(b"".join(self._lines()[:n_rows])).hexdigest()
+
+    def truncate(self, n_rows: int, checksum: str | None = None) -> None:
+        """Keep the first n_rows lines (drop rows written after the checkpoint being resumed), after checking that
+        they are the rows the checkpoint counted."""
+        lines = self._lines()
+        bad = [i + 1 for i, ln in enumerate(lines[:n_rows]) if not _parses(ln)]
+        if len(lines) < n_rows or bad or (checksum and hashlib.sha256(b"".join(lines[:n_rows])).hexdigest() != checksum):
+            why = (f"it has {len(lines)} complete lines" if len(lines) < n_rows else
+                   f"line {bad[0]} is not JSON" if bad else "they differ from what was written (checksum)")
+            raise MetricsMismatch(f"{self.path}: the checkpoint counts its first {n_rows} rows, but {why}; restore "
+                                  f"the file, or delete the run folder to train the run again")
+        atomic_write(self.path, b"".join(lines[:n_rows]).decode())
 
     def append(self, row: dict) -> None:
         with open(self.path, "a") as f:
@@ -58,17 +98,27 @@ class MetricsLog:
             os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Complete rows only: a torn last line (a crash mid-write) is ignored."""
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
+
+
+def read_jsonl(path: str | Path, bad: list[int] | None = None) -> list[dict]:
+    """Complete rows only: a torn last line (a crash mid-write) is ignored. Line numbers of complete lines that are
+    not JSON are appended to `bad` when given (readers that report damage)."""
     out = []
     try:
         with open(path) as f:
-            for line in f:
+            for n, line in enumerate(f, 1):
                 if line.endswith("\n"):
                     try:
                         out.append(json.loads(line))
                     except json.JSONDecodeError:
-                        pass
+                        if bad is not None:
+                            bad.append(n)
     except FileNotFoundError:
         pass
     return out

@@ -31,7 +31,7 @@ import algorithms
 from harness import dist, engines, gate, models, tasks
 from harness.config import RunConfig, load_run_config
 from harness.evaluate import evaluate
-from harness.metrics import MetricsLog, estimate_flops, read_json, write_status
+from harness.metrics import MetricsLog, estimate_flops, read_json, safe_load, write_status
 
 PHASES = ("generate", "mc_rollouts")
 
@@ -95,6 +95,7 @@ class Runner:
             dist.barrier()
         if self.main:
             self.state["rows"] = self.metrics.rows()
+            self.state["rows_sha"] = self.metrics.checksum(self.state["rows"])
             tmp = self.ckpt_path.with_suffix(".tmp")
             torch.save({"algo": self.algo.state_dict(), "loop": dict(self.state)}, tmp)
             os.replace(tmp, self.ckpt_path)
@@ -129,14 +130,14 @@ class Runner:
 
     def maybe_resume(self) -> None:
         if self.ckpt_path.exists():
-            ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+            ck = safe_load(self.ckpt_path, self.device)
             self.algo.load_state_dict(ck["algo"])
             self.state = ck["loop"]
             self.state.setdefault("device_s", self.state["wall_s"] * self.devices)
             for name, tr in self.algo.trainers.items():
                 tr.load(self.ckpt_path.parent / self.state["tag"] / name)
             if self.main:
-                self.metrics.truncate(self.state["rows"])
+                self.metrics.truncate(self.state["rows"], self.state.get("rows_sha"))
                 print(f"[{self.run_id}] resumed at iteration {self.state['iteration']}", flush=True)
         elif self.main and self.metrics.path.exists():
             self.metrics.truncate(0)                        # started before but never checkpointed: start over

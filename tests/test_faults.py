@@ -1,0 +1,136 @@
+"""Fault injection: what a shared results folder, a kill or a bad file can do to a run, and what the harness does
+about it (issue "Honest results under faults")."""
+import json
+import os
+import pickle
+
+import pytest
+import torch
+import yaml
+
+from harness.config import dump_yaml, load_sweep
+from harness.metrics import UnsafeFile, read_json, safe_load
+from harness.run import execute
+
+SFT = """
+name: faults
+defaults:
+  task: {name: arithmetic, n_train: 50, n_validation: 4, n_test: 4, min_ops: 2, max_ops: 2}
+  model: {hidden_size: 16, layers: 1, heads: 2, intermediate_size: 32}
+  train: {iterations: 4, batch_size: 4, micro_batch_size: 4, checkpoint_every: 2}
+  eval: {every: 0, at_start: false, samples: 1, greedy: false, final_splits: [validation]}
+  progress: false
+groups:
+  - name: sft
+    set: {algorithm: sft}
+"""
+
+
+class Payload:
+    """Unpickling this runs a shell command (what a planted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant(path, marker):
+    with open(path, "wb") as f:
+        pickle.dump({"loop": Payload(marker)}, f)
+
+
+def test_safe_load_refuses_a_planted_payload_and_reads_plain_state(tmp_path):
+    marker = tmp_path / "pwned"
+    plant(tmp_path / "bad.pt", marker)
+    with pytest.raises(UnsafeFile, match=r"refusing to load .*bad\.pt"):
+        safe_load(tmp_path / "bad.pt")
+    assert not marker.exists()
+    good = {"model": {"w": torch.ones(2)}, "loop": {"iteration": 3, "tag": "save3", "rows": 4},
+            "counts": {"grad_steps": 2}}
+    torch.save(good, tmp_path / "good.pt")
+    back = safe_load(tmp_path / "good.pt")
+    assert back["loop"] == good["loop"] and torch.equal(back["model"]["w"], good["model"]["w"])
+
+
+def test_resume_from_a_planted_checkpoint_fails_without_running_it(tmp_path):
+    d = finished_run(tmp_path)
+    marker = tmp_path / "pwned"
+    plant(d / "checkpoints" / "latest.pt", marker)
+    mark_stopped(d)
+    with pytest.raises(UnsafeFile):
+        execute(d, threads=1)
+    st = read_json(d / "status.json")
+    assert st["state"] == "failed" and "refusing to load" in st["error"] and "latest.pt" in st["error"]
+    assert not marker.exists()
+
+def finished_run(tmp_path):
+    (tmp_path / "s.yaml").write_text(SFT)
+    _, runs = load_sweep(tmp_path / "s.yaml")
+    d = tmp_path / "out" / runs[0].id
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(dump_yaml(runs[0].cfg))
+    assert execute(d, threads=1) == "done"
+    return d
+
+
+def mark_stopped(d):
+    status = read_json(d / "status.json")
+    status["state"] = "stopped"                      # as if it had been interrupted: the next start resumes
+    (d / "status.json").write_text(json.dumps(status))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "edited", "shortened"])
+def test_resume_refuses_metrics_that_differ_from_what_the_checkpoint_counted(tmp_path, damage):
+    from harness.metrics import MetricsMismatch
+    d = finished_run(tmp_path)
+    lines = (d / "metrics.jsonl").read_text().splitlines(keepends=True)
+    row = json.loads(lines[1])
+    if damage == "garbage":
+        lines[1] = "{not json\n"
+    elif damage == "edited":
+        lines[1] = json.dumps({**row, "loss": 0.0}) + "\n"
+    else:
+        lines = lines[:1]
+    (d / "metrics.jsonl").write_text("".join(lines))
+    mark_stopped(d)
+    with pytest.raises(MetricsMismatch, match="metrics.jsonl: the checkpoint counts its first"):
+        execute(d, threads=1)
+    assert (d / "metrics.jsonl").read_text() == "".join(lines)       # nothing rewritten
+
+
+def test_plot_separates_grid_points_and_names_every_run_it_leaves_out(tmp_path, capsys):
+    from harness import plot
+    from test_report import write_run
+    r = tmp_path / "sweep"
+    kw = {"kls": [0.0, 0.1], "train": [0.3, 0.4]}
+    write_run(r, "sft-s0", "sft", 0, [0.3])
+    for name, lr in (("rl-ppo-lr1000-s0", 1e3), ("rl-ppo-lr1e+06-s0", 1e6)):
+        d = write_run(r, name, "ppo", 0, [0.3, 0.1], **kw)
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg["train"]["lr"] = lr
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    write_run(r, "rl-grpo-s0", "grpo", 0, [0.3, 0.4], **kw)
+    (r / "rl-grpo-s0" / "status.json").write_text(json.dumps({"state": "failed", "error": "boom"}))
+    write_run(r, "rl-rloo-s0", "rloo", 0, [0.3, 0.4], **kw)
+    (r / "rl-rloo-s0" / "status.json").write_text("{}")
+    d = write_run(r, "rl-vineppo-s0", "vineppo", 0, [0.3, 0.4], **kw)
+    lines = (d / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (d / "metrics.jsonl").write_text("".join(lines[:-1]) + "garbage\n")      # the final test row is damaged
+    assert plot.main([str(r)]) == 0
+    md = (r / "table.md").read_text()
+    err = capsys.readouterr().err
+    assert "| PPO lr=1000 |" in md and "| PPO lr=1e+06 |" in md          # two configs, one seed each
+    for needle in ("rl-grpo-s0: failed (boom): left out", "rl-rloo-s0: no state in status.json",
+                   f"rl-vineppo-s0: metrics.jsonl line {len(lines)} unreadable",
+                   "rl-vineppo-s0: done, but has no test evaluation at its last iteration (10"):
+        assert needle in md and needle in err, needle
+
+
+def test_plot_of_an_sft_only_sweep(tmp_path):
+    from harness import plot
+    from test_report import write_run
+    write_run(tmp_path / "sweep", "sft-s0", "sft", 0, [0.3])
+    assert plot.main([str(tmp_path / "sweep")]) == 0
+    assert "| SFT |" in (tmp_path / "sweep" / "table.md").read_text()
