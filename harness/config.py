@@ -10,11 +10,15 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Sweep, group and label names become folder names under results/: one path component that cannot climb ("..").
+SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$"
 
 
 class Strict(BaseModel):
@@ -176,7 +180,7 @@ class Resources(Strict):
 
 class RunConfig(Strict):
     algorithm: str
-    label: str | None = Field(None, description="legend/table name; defaults to the algorithm")
+    label: str | None = Field(None, pattern=SAFE_NAME, description="legend/table name; defaults to the algorithm")
     group: str = "run"
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads (0: cores / concurrent workers)")
@@ -233,7 +237,7 @@ def _fmt_error(err: dict, prefix: str = "") -> str:
 
 
 class GroupConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=SAFE_NAME)
     init_from: str | None = None
     require: Gate | None = Field(None, description="what the init_from run must reach before this group runs")
     seeds: list[int] | None = None
@@ -243,7 +247,7 @@ class GroupConfig(Strict):
 
 
 class SweepConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=SAFE_NAME)
     output_dir: str | None = None
     workers: int = Field(1, ge=1, description="runs executed concurrently by the local executor")
     defaults: dict[str, Any] = {}
@@ -285,7 +289,8 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def _short(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    # Grid values are data (paths, lists): keep run ids one safe path component.
+    return re.sub(r"[^A-Za-z0-9_.+=-]", "_", f"{v:g}" if isinstance(v, float) else str(v))
 
 
 def expand(sweep: SweepConfig, where: str = "sweep") -> list[Run]:

@@ -1,4 +1,5 @@
 """Config validation: every mistake is reported with file, key and value before anything runs or is written."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,10 @@ def test_expansion_ids_and_dependencies(tmp_path):
     assert {r.cfg.algo.get("K") for r in rl if r.cfg.algorithm == "vineppo"} == {3}
     assert sorted({r.cfg.train.lr for r in rl}) == [1e-5, 3e-5]
     assert any("lr1e-05" in r.id for r in rl)
+    # grid values are data (here lists of strings): their tag in a run id is made of safe characters only
+    lists = GOOD.replace("train.lr: [1.0e-5, 3.0e-5]", "eval.splits: [[validation], [test, ../x]]")
+    ids = [r.id for r in load_sweep(write(tmp_path, lists, "lists.yaml"))[1][1:]]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.+=-]+", i) for i in ids) and any("splits__test____.._x__" in i for i in ids)
     # ids are stable: same YAML, same ids
     assert [r.id for r in load_sweep(write(tmp_path, GOOD, "again.yaml"))[1]] == [r.id for r in runs]
 
@@ -53,6 +58,10 @@ def test_expansion_ids_and_dependencies(tmp_path):
     (("n_test: 4}", "n_test: 4, noise: 2}"), ["s.yaml", "task.noise", "2"]),
     (("init_from: sft", "init_from: sfx"), ["s.yaml", "init_from 'sfx'"]),
     (("name: t\n", "name: t\nworkerz: 3\n"), ["s.yaml", "workerz"]),
+    # names become folders under results/: nothing may climb out of it
+    (("name: t\n", "name: ..\n"), ["s.yaml", "name", "'..'"]),
+    (("- name: sft", "- name: ../sft"), ["s.yaml", "name", "'../sft'"]),
+    (("{algorithm: ppo}", "{algorithm: ppo, label: ../../../../elsewhere}"), ["s.yaml", "label", "elsewhere"]),
 ])
 def test_bad_input_names_file_key_value(tmp_path, patch, needles):
     text = textwrap.dedent(GOOD).replace(*patch)
