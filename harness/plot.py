@@ -10,7 +10,8 @@ writes into the results directory:
   accuracy_vs_wallclock.png    accuracy vs training wall-clock seconds (evaluation excluded)
   accuracy_vs_compute.png      accuracy vs estimated training FLOPs (2N per inference token, 6N per trained token)
   --report                     also report.md and the analysis figures (see harness/report.py)
-A run directory without readable files is skipped with a warning.
+Runs are told apart by their whole config but the seed (a grid's points are separate rows, never seeds of one);
+every run left out of the table or the curves is named with the reason, on stderr and at the end of table.md.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import argparse
 import functools
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -70,20 +70,48 @@ def paper_value(setting: str | None, algorithm: str) -> float | None:
 
 
 def load(results: Path) -> pd.DataFrame:
-    rows = []
+    """One row per run x evaluation. Runs are told apart by their whole config but the seed: runs sharing a label
+    whose configs differ (a grid) get the differing values in their label (`ppo-lr=0.001`), never merged as seeds.
+    Every run left out of the table or the curves is said why, on stderr and in df.attrs["left_out"]."""
+    runs, notes = [], []
     for d in sorted(p for p in results.iterdir() if p.is_dir() and (p / "config.yaml").exists()):
         try:
             cfg = yaml.safe_load((d / "config.yaml").read_text())
             if not isinstance(cfg, dict):
                 raise ValueError("config.yaml is not a mapping")
-            metrics = read_jsonl(d / "metrics.jsonl")
         except (OSError, yaml.YAMLError, ValueError) as e:
-            warnings.warn(f"skipping {d}: {e}")
+            notes.append(f"{d.name}: unreadable config.yaml ({e}): left out")
             continue
-        if not metrics:
-            warnings.warn(f"skipping {d}: no metrics rows")
+        bad: list[int] = []
+        metrics = read_jsonl(d / "metrics.jsonl", bad)
+        status = read_json(d / "status.json", {}) or {}
+        state = status.get("state")
+        if bad:
+            notes.append(f"{d.name}: metrics.jsonl line {', '.join(map(str, bad))} unreadable (skipped)")
+        if state in ("failed", "blocked"):
+            notes.append(f"{d.name}: {state} ({status.get('error') or 'no error recorded'}): left out")
             continue
-        state = (read_json(d / "status.json", {}) or {}).get("state", "unknown")
+        evals = [m for m in metrics if m.get("kind") == "eval"]
+        if not evals:
+            notes.append(f"{d.name}: no evaluation rows: left out")
+            continue
+        last = max(m.get("iteration") or 0 for m in evals)
+        total = (cfg.get("train") or {}).get("iterations")
+        if state is None:
+            notes.append(f"{d.name}: no state in status.json: in the curves, not in the table")
+        elif state != "done":
+            notes.append(f"{d.name}: {state} at iteration {last}: in the curves, not in the table")
+        else:
+            finals = (cfg.get("eval") or {}).get("final_splits", ["test"])
+            missing = [sp for sp in finals if not any(m.get("split") == sp and m.get("iteration") == total
+                                                      for m in evals)]
+            if missing:
+                notes.append(f"{d.name}: done, but has no {'/'.join(missing)} evaluation at its last iteration "
+                             f"({total}; damaged metrics.jsonl?): in the curves, not in the table")
+        runs.append((d, cfg, metrics, state or "unknown"))
+    labels = config_labels({d.name: cfg for d, cfg, _, _ in runs})
+    rows = []
+    for d, cfg, metrics, state in runs:
         setting = paper_setting(cfg, results)
         extra = {"eval_cli_acc": (read_json(d / "eval_test.json", {}) or {}).get("acc"),
                  "lm_eval_acc": (read_json(d / "lm_eval.json", {}) or {}).get("acc")}
@@ -92,7 +120,7 @@ def load(results: Path) -> pd.DataFrame:
             if m.get("kind") == "train":
                 last_train = m
             elif m.get("kind") == "eval":
-                rows.append({"run": d.name, "algorithm": cfg.get("algorithm"), "label": cfg.get("label"),
+                rows.append({"run": d.name, "algorithm": cfg.get("algorithm"), "label": labels[d.name],
                              "group": cfg.get("group"), "seed": cfg.get("seed"), "state": state,
                              "setting": setting, **extra,
                              "total_iterations": cfg.get("train", {}).get("iterations"),
@@ -101,7 +129,41 @@ def load(results: Path) -> pd.DataFrame:
                              **{k: m.get(k) for k in ("iteration", "grad_steps", "wall_s", "flops", "device_s",
                                                       "tokens_generated", "split", "acc", "acc_greedy",
                                                       "pass_at_n", "n_problems", "samples", "temperature")}})
-    return pd.DataFrame(rows)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    df = pd.DataFrame(rows)
+    df.attrs["left_out"] = notes
+    return df
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_labels(cfgs: dict[str, dict]) -> dict[str, str]:
+    """Run name -> its label, plus `-key=value` for every config value (seed aside) that differs between the runs
+    sharing that label, so that only seeds of one config are ever averaged together."""
+    flat = {n: _flat({k: v for k, v in c.items() if k != "seed"}) for n, c in cfgs.items()}
+    by_label: dict[str, list[str]] = {}
+    for n, c in cfgs.items():
+        by_label.setdefault(str(c.get("label") or c.get("algorithm")), []).append(n)
+    out = {}
+    for lab, names in by_label.items():
+        keys = sorted({k for n in names for k in flat[n]})
+        differ = [k for k in keys if len({repr(flat[n].get(k)) for n in names}) > 1]
+        for n in names:
+            out[n] = lab + "".join(f"-{k.split('.')[-1]}={_value(flat[n].get(k))}" for k in differ)
+    return out
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _episodes_per_iteration(cfg: dict) -> float:
@@ -176,15 +238,17 @@ def final_rows(df: pd.DataFrame, split: str) -> pd.DataFrame:
 def table(df: pd.DataFrame) -> str:
     """The results table; a sweep covering several settings (model x task) gets one table per setting, and a
     setting of the paper's Table 1 a `paper` column (test %, harness/paper_results.yaml)."""
+    left = df.attrs.get("left_out") or []
+    tail = ("\n**Left out or incomplete runs:**\n\n" + "".join(f"- {n}\n" for n in left)) if left else ""
     if "setting" not in df:
-        return _table(df, None)
+        return _table(df, None) + tail
     settings = sorted({s for s in df.setting if s})
     if not settings or (len(settings) == 1 and df.setting.notna().all()):
-        return _table(df, settings[0] if settings else None)
+        return _table(df, settings[0] if settings else None) + tail
     parts = []
     for s in settings + ([None] if df.setting.isna().any() else []):
         parts.append(f"### {s or 'other runs'}\n\n" + _table(df[df.setting == s] if s else df[df.setting.isna()], s))
-    return "\n".join(parts)
+    return "\n".join(parts) + tail
 
 
 def _table(df: pd.DataFrame, setting: str | None) -> str:
@@ -302,7 +366,8 @@ def main(argv=None) -> int:
         print(f"error: no run in {results} has evaluation rows", file=sys.stderr)
         return 2
     df.to_csv(results / "results.csv", index=False)
-    split = a.split or df[df.algorithm != "sft"].split.value_counts().idxmax()
+    rl = df[df.algorithm != "sft"]
+    split = a.split or (rl if len(rl) else df).split.value_counts().idxmax()   # an SFT-only sweep plots too
     plot_axis(df, split, "iteration", "training iteration", results / "accuracy_vs_iteration.png")
     plot_axis(df, split, "wall_s", "training wall-clock (s, evaluation excluded)",
               results / "accuracy_vs_wallclock.png")
