@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -16,6 +17,28 @@ import submitit
 from harness import gate
 from harness.metrics import atomic_write, read_json, write_status
 from harness.run import execute
+
+
+GRACE_S = 120          # how long a stopped sweep waits for its runs to reach an iteration boundary
+
+
+def local_run(run_dir: str, threads: int) -> str:
+    """What a local job runs: harness.run.execute, ending at the next iteration boundary with a checkpoint
+    ("stopped") when the sweep passes on a Ctrl-C/SIGTERM (SIGINT, SIGTERM); a second signal interrupts at once.
+    A terminal's Ctrl-C reaches the run directly and through the sweep: signals within 2 s count as one."""
+    asked: list[float] = []
+
+    def handler(signum, frame):
+        if asked and time.time() - asked[0] > 2:
+            raise KeyboardInterrupt
+        asked.append(time.time())
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return execute(run_dir, threads, stop=lambda: bool(asked))
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _threads(workers: int) -> int:
@@ -70,7 +93,7 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                 pending.remove(r)
                 run_dir = out / r.id
                 write_status(run_dir, "queued", executor=executor)
-                job = ex.submit(execute, str(run_dir), threads)
+                job = ex.submit(local_run if executor == "local" else execute, str(run_dir), threads)
                 atomic_write(run_dir / "job.json", json.dumps(
                     {"job_id": str(job.job_id), "executor": executor, "log": str(job.paths.stdout),
                      "stderr": str(job.paths.stderr), "submitted": time.time()}, indent=1))
@@ -94,14 +117,37 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                     f"{time.time() - t_start:.0f}s elapsed){where}")
             if running:
                 time.sleep(0.5)
-    except KeyboardInterrupt:                            # Ctrl-C: leave no orphaned run processes behind
-        for rid, (job, _) in running.items():
-            job.cancel(check=False)
-            write_status(out / rid, "failed", error="interrupted (Ctrl-C on the sweep)")
-        log(f"[sweep] interrupted: stopped {len(running)} running run(s); submit the sweep again to resume them "
-            f"from their last checkpoint")
+    except KeyboardInterrupt:                   # Ctrl-C, SIGTERM, SIGHUP (harness.sweep): stop every run cleanly
+        stop_running(running, out, log)
         raise
     return states
+
+
+def stop_running(running: dict, out: Path, log) -> None:
+    """Ask every running run to stop at its next iteration boundary (it checkpoints and ends "stopped"), wait up to
+    GRACE_S (a second Ctrl-C: stop now), then kill what is left: no run keeps training after the sweep has gone."""
+    log(f"[sweep] stopping {len(running)} running run(s) at their next iteration boundary (up to {GRACE_S} s; "
+        f"Ctrl-C again to stop them at once)")
+    for job, _ in running.values():
+        job.cancel(check=False)                          # SIGINT: local_run's stop flag
+    deadline = time.time() + GRACE_S
+    try:
+        while time.time() < deadline and not all(job.done() for job, _ in running.values()):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    for job, _ in running.values():
+        if not job.done():
+            job.cancel(check=False)                      # second SIGINT: KeyboardInterrupt inside the run
+    time.sleep(2)
+    for rid, (job, _) in running.items():
+        proc = getattr(job, "_process", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if read_json(out / rid / "status.json", {}).get("state") not in ("stopped", "done"):
+            write_status(out / rid, "stopped", error="interrupted mid-iteration; resumes from its last checkpoint")
+    log(f"[sweep] stopped; submit the sweep again to resume the runs from their last checkpoint")
 
 
 def _wait(job) -> str | None:

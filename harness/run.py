@@ -309,6 +309,9 @@ def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
     except gate.GateError as e:
         write_status(run_dir, "blocked", error=str(e))
         raise
+    except KeyboardInterrupt:
+        write_status(run_dir, "stopped", error="interrupted mid-iteration; resumes from its last checkpoint")
+        raise
     except BaseException as e:
         msg = (traceback.format_exception_only(type(e), e)[-1].strip() or type(e).__name__)
         write_status(run_dir, "failed", error=f"process {dist.rank()}: {msg}" if dist.world() > 1 else msg)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -161,6 +162,11 @@ def main(argv=None) -> int:
         states = {rid: run_state(out / rid)["state"] for rid in {**live, **jobs}}
     else:
         from harness.launch import run_all
+
+        def interrupt(signum, frame):                  # SIGTERM / SIGHUP (kill, timeout, a closed terminal) = Ctrl-C
+            raise KeyboardInterrupt
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupt)
         try:
             states = run_all(todo, out, executor, a.workers or sweep.workers)
         except KeyboardInterrupt:

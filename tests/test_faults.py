@@ -134,3 +134,32 @@ def test_plot_of_an_sft_only_sweep(tmp_path):
     write_run(tmp_path / "sweep", "sft-s0", "sft", 0, [0.3])
     assert plot.main([str(tmp_path / "sweep")]) == 0
     assert "| SFT |" in (tmp_path / "sweep" / "table.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_to_a_local_sweep_stops_its_runs_and_leaves_none_training(tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from helpers import env
+    (tmp_path / "s.yaml").write_text(SFT.replace("iterations: 4", "iterations: 400"))
+    p = subprocess.Popen([sys.executable, "-m", "harness.sweep", "s.yaml", "--output", "out"], cwd=tmp_path,
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, status = time.time() + 120, tmp_path / "none"
+    while time.time() < deadline:
+        status = next(iter((tmp_path / "out").glob("sft-*")), tmp_path) / "status.json"
+        if (read_json(status, {}) or {}).get("iteration", 0) >= 5:
+            break
+        time.sleep(0.1)
+    p.send_signal(getattr(signal, sig))
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode == 130, out
+    st = read_json(status)
+    assert st["state"] == "stopped" and 5 <= st["iteration"] < 400, st
+    with pytest.raises(ProcessLookupError):          # the run's process is gone
+        os.kill(st["pid"], 0)
+    assert "stopping 1 running run(s)" in out and "resume the runs from their last checkpoint" in out
+    ck = safe_load(status.parent / "checkpoints" / "latest.pt")
+    assert st["iteration"] <= ck["loop"]["iteration"] < 400            # stopped at a boundary, checkpointed
