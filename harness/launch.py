@@ -15,7 +15,7 @@ from pathlib import Path
 import submitit
 
 from harness import gate
-from harness.metrics import atomic_write, read_json, write_status
+from harness.metrics import atomic_write, lock_holder, read_json, write_status
 from harness.run import execute
 
 
@@ -76,10 +76,11 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                 if len(running) >= workers:
                     break
                 deps = [d for d in r.depends_on if d in ids]
-                if any(states.get(d) in ("failed", "blocked") for d in deps):
+                bad = [d for d in deps if states.get(d) in ("failed", "blocked", "busy")]
+                if bad:
                     pending.remove(r)
                     states[r.id] = "blocked"
-                    log(f"[sweep] blocked  {r.id}: a run it starts from failed")
+                    log(f"[sweep] blocked  {r.id}: the run it starts from is {states[bad[0]]} ({bad[0]})")
                     continue
                 if any(states.get(d) != "done" for d in deps):
                     continue
@@ -92,6 +93,11 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                     continue
                 pending.remove(r)
                 run_dir = out / r.id
+                holder = lock_holder(run_dir)
+                if holder:                                   # another sweep or executor trains it: hands off
+                    states[r.id] = "busy"
+                    log(f"[sweep] busy     {r.id}: being trained by {holder}; left alone")
+                    continue
                 write_status(run_dir, "queued", executor=executor)
                 job = ex.submit(local_run if executor == "local" else execute, str(run_dir), threads)
                 atomic_write(run_dir / "job.json", json.dumps(
@@ -107,7 +113,9 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                 del running[rid]
                 err = _wait(job)
                 state = read_json(out / rid / "status.json", {}).get("state")
-                if err is not None or state != "done":
+                if err is not None and "already being trained by" in err:    # lost the race for the run's lock
+                    state = "busy"
+                elif err is not None or state != "done":
                     state = "failed"
                     error = read_json(out / rid / "status.json", {}).get("error") or err
                     write_status(out / rid, "failed", error=error)

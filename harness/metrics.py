@@ -2,10 +2,13 @@
 append-only JSONL with an fsync per row, truncation to a checkpoint's row count on resume. Plus compute estimates."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import pickle
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +43,47 @@ def safe_load(path: str | Path, map_location="cpu", mmap: bool = False):
     except pickle.UnpicklingError as e:
         raise UnsafeFile(f"refusing to load {path}: it holds objects other than tensors and plain containers (not "
                          f"written by this harness, or altered): {str(e).strip().splitlines()[0]}") from None
+
+
+class RunBusy(Exception):
+    """The run is being trained by another process (another sweep, executor or job)."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """One owner per run: an exclusive flock on <run>/.lock while the run trains. The OS releases it when the holder
+    dies (kill -9, node loss), so a lock is never stale; the file names the holder for the error message."""
+    path = Path(run_dir) / ".lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunBusy(f"{run_dir}: already being trained by {holder}; left alone") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.close()                                           # releases the lock
+
+
+def lock_holder(run_dir: str | Path) -> str | None:
+    """Who trains the run now (None: nobody)."""
+    try:
+        f = open(Path(run_dir) / ".lock")
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None                                     # (closing the file drops this shared lock)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
 
 
 def read_json(path: str | Path, default=None):

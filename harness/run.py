@@ -31,7 +31,7 @@ import algorithms
 from harness import dist, engines, gate, models, tasks
 from harness.config import RunConfig, load_run_config
 from harness.evaluate import evaluate
-from harness.metrics import MetricsLog, estimate_flops, read_json, safe_load, write_status
+from harness.metrics import MetricsLog, estimate_flops, read_json, run_lock, safe_load, write_status
 
 PHASES = ("generate", "mc_rollouts")
 
@@ -291,11 +291,20 @@ def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
     cfg = load_run_config(run_dir / "config.yaml")
     threads = cfg.threads or threads or int(os.environ.get("HARNESS_THREADS", 0)) or os.cpu_count()
     launched = dist.launched_processes()
-    if cfg.backend.processes > 1 and launched == 1:
-        return launch_processes(run_dir, cfg.backend.processes, threads)
-    if launched != cfg.backend.processes:
+    if launched not in (1, cfg.backend.processes):
         raise ValueError(f"{run_dir}: launched with {launched} processes but backend.processes is "
                          f"{cfg.backend.processes}")
+    if launched > 1:                                    # torchrun's processes run under their launcher's lock
+        return _execute(run_dir, cfg, threads, stop)
+    with run_lock(run_dir):                             # one owner per run: RunBusy if another process trains it
+        if read_json(run_dir / "status.json", {}).get("state") == "done":    # finished while we waited to start
+            return "done"
+        if cfg.backend.processes > 1:
+            return launch_processes(run_dir, cfg.backend.processes, threads)
+        return _execute(run_dir, cfg, threads, stop)
+
+
+def _execute(run_dir: Path, cfg: RunConfig, threads: int, stop) -> str:
     dist.init()
     main = dist.is_main()
     torch.set_num_threads(threads)

@@ -163,3 +163,31 @@ def test_sigterm_to_a_local_sweep_stops_its_runs_and_leaves_none_training(tmp_pa
     assert "stopping 1 running run(s)" in out and "resume the runs from their last checkpoint" in out
     ck = safe_load(status.parent / "checkpoints" / "latest.pt")
     assert st["iteration"] <= ck["loop"]["iteration"] < 400            # stopped at a boundary, checkpointed
+
+
+@pytest.mark.slow
+def test_a_second_sweep_leaves_a_run_in_training_alone(tmp_path):
+    """Two sweeps on one output: the second finds the run's lock held, names the holder and does not train it; the
+    run ends with exactly one set of metrics rows."""
+    import subprocess
+    import sys
+    import time
+    from harness.metrics import lock_holder, read_jsonl
+    from helpers import env, sh
+    (tmp_path / "s.yaml").write_text(SFT.replace("iterations: 4", "iterations: 300"))
+    first = subprocess.Popen([sys.executable, "-m", "harness.sweep", "s.yaml", "--output", "out"], cwd=tmp_path,
+                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, run = time.time() + 120, None
+    while time.time() < deadline:
+        run = next(iter((tmp_path / "out").glob("sft-*")), None)
+        if run and (read_json(run / "status.json", {}) or {}).get("iteration", 0) >= 2:
+            break
+        time.sleep(0.1)
+    assert lock_holder(run) and f"pid {read_json(run / 'status.json')['pid']}" in lock_holder(run)
+    second = sh("harness.sweep", "s.yaml", "--output", "out", cwd=tmp_path, timeout=120)
+    assert second.returncode == 1 and "being trained by pid" in second.stdout, second.stdout
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["iteration"] for r in rows if r["kind"] == "train"] == list(range(1, 301))
+    assert read_json(run / "status.json")["state"] == "done" and lock_holder(run) is None
