@@ -99,6 +99,8 @@ class TrainConfig(Strict):
     clip_eps: float = Field(0.2, gt=0.0)
     kl_coef: float = Field(1e-4, ge=0.0)
     kl_clamp: float = Field(10.0, gt=0.0)
+    warn_kl: float | None = Field(50.0, gt=0.0, description="a training row whose KL to the reference (nats per "
+                                  "sequence) exceeds this gets a warning row (--status, table.md)")
     whiten_advantages: bool | None = Field(None, description="whiten advantages over the batch; null: the "
                                            "algorithm's default (PPO, VinePPO: yes; GRPO, RLOO: no)")
     ratio_threshold: float = Field(10.0, gt=1.0, description="skip a minibatch whose mean ratio exceeds this")

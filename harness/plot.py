@@ -108,6 +108,9 @@ def load(results: Path) -> pd.DataFrame:
             if missing:
                 notes.append(f"{d.name}: done, but has no {'/'.join(missing)} evaluation at its last iteration "
                              f"({total}; damaged metrics.jsonl?): in the curves, not in the table")
+        warn = [m for m in metrics if m.get("kind") == "warning"]
+        if warn:
+            notes.append(f"{d.name}: {len(warn)} warning(s), first: {warn[0].get('message')}")
         runs.append((d, cfg, metrics, state or "unknown"))
     labels = config_labels({d.name: cfg for d, cfg, _, _ in runs})
     rows = []
@@ -239,7 +242,7 @@ def table(df: pd.DataFrame) -> str:
     """The results table; a sweep covering several settings (model x task) gets one table per setting, and a
     setting of the paper's Table 1 a `paper` column (test %, harness/paper_results.yaml)."""
     left = df.attrs.get("left_out") or []
-    tail = ("\n**Left out or incomplete runs:**\n\n" + "".join(f"- {n}\n" for n in left)) if left else ""
+    tail = ("\n**Runs left out, incomplete or with warnings:**\n\n" + "".join(f"- {n}\n" for n in left)) if left else ""
     if "setting" not in df:
         return _table(df, None) + tail
     settings = sorted({s for s in df.setting if s})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import socket
@@ -43,6 +44,10 @@ def charged_devices(device: torch.device) -> int:
     if gpus:
         return gpus * int(os.environ.get("SLURM_JOB_NUM_NODES") or 1)
     return max(1, dist.world()) if device.type == "cuda" else 1   # one GPU per process
+
+
+class Diverged(Exception):
+    """Non-finite loss or gradients: the run stops with its last good checkpoint."""
 
 
 class Runner:
@@ -221,6 +226,7 @@ class Runner:
             batch = self.algo.collect(it)
             t1 = time.perf_counter()
             stats = self.algo.update(batch)
+            self.check_health(it + 1, stats)
             t2 = time.perf_counter()
             self.sync_engine()
             t3 = time.perf_counter()
@@ -254,6 +260,20 @@ class Runner:
             self.save_checkpoint(trainers=False)
         self.save_final()
         return True
+
+    def check_health(self, it: int, stats: dict) -> None:
+        """A non-finite loss or gradient norm ends the run before anything of this iteration is saved (the last
+        checkpoint stays good); a KL to the reference above train.warn_kl is a warning row, shown by --status and
+        table.md."""
+        bad = [f"{k}={v}" for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise Diverged(f"iteration {it}: non-finite {', '.join(bad)}; stopped before saving anything of it (the "
+                           f"last checkpoint is intact: lower the lr, or resume after fixing the cause)")
+        kl, lim = stats.get("kl"), self.cfg.train.warn_kl
+        if self.main and lim is not None and kl is not None and kl > lim:
+            msg = f"iteration {it}: KL to the reference {kl:.3g} > train.warn_kl {lim:g} (diverging?)"
+            self.metrics.append({"kind": "warning", "iteration": it, "message": msg})
+            print(f"[{self.run_id}] warning: {msg}", flush=True)
 
     def _sum_counts_over_processes(self, before: dict) -> None:
         """Data parallel: each process counted the tokens it pushed through its models; the run did the sum."""

@@ -97,6 +97,10 @@ def status_lines(runs, out: Path) -> list[str]:
         if bad and s["state"] in ("failed", "cancelled") and not s["error"]:
             s["error"] = f"never ran: {bad[0]}, which it starts from, did not finish"
         it, acc = progress(out / r.id)
+        warn = [w for w in read_jsonl(out / r.id / "metrics.jsonl") if w.get("kind") == "warning"]
+        if warn:
+            s["detail"] = "; ".join(x for x in (s["detail"], f"{len(warn)} warning(s), last: {warn[-1]['message']}")
+                                    if x)
         lines.append(f"{r.id:<{width}}  {s['state']:<9} {s['job_id'] or '-':<10} "
                      f"{f'{it}/{r.cfg.train.iterations}':>9}  {'-' if acc is None else f'{acc:.3f}':>7}  {s['log']}")
         more = [x for x in (s["detail"], s["error"] and f"error: {s['error']}") if x]

@@ -191,3 +191,46 @@ def test_a_second_sweep_leaves_a_run_in_training_alone(tmp_path):
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["iteration"] for r in rows if r["kind"] == "train"] == list(range(1, 301))
     assert read_json(run / "status.json")["state"] == "done" and lock_holder(run) is None
+
+
+def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import algorithms.sft
+    from harness.metrics import read_jsonl
+    from harness.run import Diverged
+    calls, real = [], algorithms.sft.masked_mean
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        return out * float("nan") if len(calls) == 3 else out    # the loss of iteration 3
+    monkeypatch.setattr(algorithms.sft, "masked_mean", poisoned)
+    (tmp_path / "s.yaml").write_text(SFT)
+    _, runs = load_sweep(tmp_path / "s.yaml")
+    d = tmp_path / "out" / runs[0].id
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(dump_yaml(runs[0].cfg))
+    with pytest.raises(Diverged, match="iteration 3: non-finite loss=nan"):
+        execute(d, threads=1)
+    st = read_json(d / "status.json")
+    assert st["state"] == "failed" and "non-finite" in st["error"]
+    assert safe_load(d / "checkpoints" / "latest.pt")["loop"]["iteration"] == 2
+    assert [r["iteration"] for r in read_jsonl(d / "metrics.jsonl") if r["kind"] == "train"] == [1, 2]
+
+
+def test_a_kl_beyond_its_bound_is_a_warning_in_status_and_table(tmp_path):
+    from harness import plot
+    from harness.metrics import read_jsonl
+    from harness.status import status_lines
+    ppo = SFT.replace("set: {algorithm: sft}", "set: {algorithm: ppo, train: {iterations: 3, warn_kl: 1.0e-9, "
+                      "prompts_per_iteration: 2, samples_per_prompt: 2}, eval: {final_splits: [validation, test]}}")
+    (tmp_path / "s.yaml").write_text(ppo)
+    _, runs = load_sweep(tmp_path / "s.yaml")
+    d = tmp_path / "out" / runs[0].id
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(dump_yaml(runs[0].cfg))
+    assert execute(d, threads=1) == "done"
+    warn = [r for r in read_jsonl(d / "metrics.jsonl") if r["kind"] == "warning"]
+    assert warn and "KL to the reference" in warn[0]["message"] and "train.warn_kl 1e-09" in warn[0]["message"]
+    assert any("warning(s), last: iteration" in line for line in status_lines(runs, tmp_path / "out"))
+    assert plot.main([str(tmp_path / "out")]) == 0
+    assert "warning(s), first: iteration" in (tmp_path / "out" / "table.md").read_text()
