@@ -63,6 +63,11 @@ class Algorithm:
         raise NotImplementedError
 
     @classmethod
+    def problems_per_iteration(cls, cfg) -> int:
+        """Distinct training problems one iteration draws (checked against the task's training set)."""
+        return cfg.train.prompts_per_iteration
+
+    @classmethod
     def check_config(cls, cfg) -> None:
         """Rules across config sections (raise ValueError naming key and value); run by harness.config when the
         sweep is validated, before any job starts."""
@@ -81,7 +86,10 @@ class Algorithm:
     def prompt_batch(self, iteration: int, n: int | None = None) -> list[dict]:
         """`n` distinct training problems for this iteration (different every iteration, fixed by the seed)."""
         train = self.task.problems("train")
-        n = min(n or self.cfg.train.prompts_per_iteration, len(train))
+        n = n or self.problems_per_iteration(self.cfg)
+        if n > len(train):
+            raise ValueError(f"train.prompts_per_iteration={n} is more than the {len(train)} training problems of "
+                             f"task {self.cfg.task['name']!r}")
         return random.Random(self.seed(iteration, "prompts")).sample(train, n)
 
     def sample(self, problems: list[dict], n: int, seed: int, tag: str = "generate"):

@@ -17,6 +17,10 @@ class SFT(Algorithm):
         super().__init__(cfg, policy, tokenizer, engine, task)
         self.trainer = self.make_trainer(policy)
 
+    @classmethod
+    def problems_per_iteration(cls, cfg) -> int:
+        return cfg.train.batch_size
+
     def total_steps(self) -> int:
         return self.cfg.train.iterations
 

@@ -65,6 +65,9 @@ class ModelConfig(Strict):
         given = [k for k in ("init_run", "path", "hub", "gguf_package") if getattr(self, k)]
         if len(given) > 1:
             raise ValueError(f"model: give at most one of init_run/path/hub/gguf_package, got {given}")
+        if self.path and not Path(self.path).exists():
+            raise ValueError(f"model.path {self.path!r} does not exist (a local model directory; hub ids go in "
+                             f"model.hub)")
         return self
 
     @property
@@ -112,8 +115,8 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     every: int = Field(10, ge=0, description="evaluate every N iterations (0: only at start and end)")
-    splits: list[str] = ["validation"]
-    final_splits: list[str] = ["validation", "test"]
+    splits: list[Literal["train", "validation", "test"]] = ["validation"]
+    final_splits: list[Literal["train", "validation", "test"]] = ["validation", "test"]
     samples: int = Field(16, ge=1, description="samples per problem; accuracy = mean over them (pass@1)")
     temperature: float = Field(0.35, ge=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
@@ -213,7 +216,12 @@ class RunConfig(Strict):
             raise ValueError("task.name is required")
         self.__dict__["task"] = _validate_sub(tasks.get(self.task["name"]).Config, self.task, "task")
         self.__dict__["algo"] = _validate_sub(algorithms.get(self.algorithm).Config, self.algo, "algo")
-        algorithms.get(self.algorithm).check_config(self)      # cross-section rules, e.g. GRPO needs >= 2 samples
+        algo = algorithms.get(self.algorithm)
+        algo.check_config(self)                                # cross-section rules, e.g. GRPO needs >= 2 samples
+        n_train, per_it = self.task.get("n_train"), algo.problems_per_iteration(self)
+        if n_train is not None and per_it > n_train:
+            raise ValueError(f"{self.algorithm} draws {per_it} distinct training problems per iteration but "
+                             f"task.n_train is {n_train} (see train.prompts_per_iteration, or batch_size for sft)")
         if self.label is None:
             self.__dict__["label"] = self.algorithm
         if self.train.micro_batch_size > self.train.batch_size:
@@ -302,6 +310,11 @@ def expand(sweep: SweepConfig, where: str = "sweep") -> list[Run]:
     for gi, g in enumerate(sweep.groups):
         if g.name in by_group:
             raise ConfigError(f"{where}: groups[{gi}]: duplicate group name {g.name!r}")
+        if g.seeds is not None and not g.seeds:
+            raise ConfigError(f"{where}: groups[{gi}] ({g.name}): seeds: [] lists no seed (leave it out for seed 0)")
+        empty = [k for k, v in g.grid.items() if not v]
+        if empty:
+            raise ConfigError(f"{where}: groups[{gi}] ({g.name}): grid {empty[0]!r} lists no value")
         parent = None
         if g.init_from is not None:
             if g.init_from not in by_group:
@@ -324,9 +337,13 @@ def expand(sweep: SweepConfig, where: str = "sweep") -> list[Run]:
         for vi, variant in enumerate(g.variants):
             for combo in itertools.product(*values):
                 for seed in g.seeds or [None]:
-                    raw = merge(merge(sweep.defaults, g.set), variant)
-                    for k, v in zip(keys, combo):
-                        set_dotted(raw, k, v)
+                    ctx = f"{where}: groups[{gi}] ({g.name})" + (f", variants[{vi}]" if len(g.variants) > 1 else "")
+                    try:
+                        raw = merge(merge(sweep.defaults, g.set), variant)
+                        for k, v in zip(keys, combo):
+                            set_dotted(raw, k, v)
+                    except ConfigError as e:
+                        raise ConfigError(f"{ctx}: {e}") from None
                     raw["group"] = g.name
                     if seed is not None:
                         raw["seed"] = seed
@@ -334,7 +351,6 @@ def expand(sweep: SweepConfig, where: str = "sweep") -> list[Run]:
                         set_dotted(raw, "model.init_run", parent.id)
                         if g.require is not None:
                             set_dotted(raw, "model.init_require", g.require.model_dump())
-                    ctx = f"{where}: groups[{gi}] ({g.name})" + (f", variants[{vi}]" if len(g.variants) > 1 else "")
                     try:
                         cfg = RunConfig.model_validate(raw)
                     except ValidationError as e:

@@ -213,7 +213,7 @@ def test_backend_and_engine_mistakes_are_named(tmp_path, patch, needles):
     (tmp_path / "s.yaml").write_text(textwrap.dedent(f"""
         name: t
         defaults:
-          task: {{name: arithmetic, n_train: 50, n_validation: 4, n_test: 4}}
+          task: {{name: arithmetic, n_train: 100, n_validation: 4, n_test: 4}}
           {patch}
         groups:
           - name: sft

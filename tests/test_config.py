@@ -12,7 +12,7 @@ from harness.config import ConfigError, load_sweep
 GOOD = """
 name: t
 defaults:
-  task: {name: arithmetic, n_train: 50, n_validation: 4, n_test: 4}
+  task: {name: arithmetic, n_train: 100, n_validation: 4, n_test: 4}
 groups:
   - name: sft
     set: {algorithm: sft, train.iterations: 2}
@@ -42,9 +42,9 @@ def test_expansion_ids_and_dependencies(tmp_path):
     assert sorted({r.cfg.train.lr for r in rl}) == [1e-5, 3e-5]
     assert any("lr1e-05" in r.id for r in rl)
     # grid values are data (here lists of strings): their tag in a run id is made of safe characters only
-    lists = GOOD.replace("train.lr: [1.0e-5, 3.0e-5]", "eval.splits: [[validation], [test, ../x]]")
+    lists = GOOD.replace("train.lr: [1.0e-5, 3.0e-5]", "eval.splits: [[validation], [validation, test]]")
     ids = [r.id for r in load_sweep(write(tmp_path, lists, "lists.yaml"))[1][1:]]
-    assert all(re.fullmatch(r"[A-Za-z0-9_.+=-]+", i) for i in ids) and any("splits__test____.._x__" in i for i in ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.+=-]+", i) for i in ids) and any("splits__validation____test__" in i for i in ids)
     # ids are stable: same YAML, same ids
     assert [r.id for r in load_sweep(write(tmp_path, GOOD, "again.yaml"))[1]] == [r.id for r in runs]
 
@@ -58,6 +58,17 @@ def test_expansion_ids_and_dependencies(tmp_path):
     (("n_test: 4}", "n_test: 4, noise: 2}"), ["s.yaml", "task.noise", "2"]),
     (("init_from: sft", "init_from: sfx"), ["s.yaml", "init_from 'sfx'"]),
     (("name: t\n", "name: t\nworkerz: 3\n"), ["s.yaml", "workerz"]),
+    # issue 11's validation gaps: each was a failure or a hang after validation had passed
+    (("algorithm: ppo}", "algorithm: ppo, eval.final_splits: [validation, tset]}"), ["s.yaml", "final_splits", "tset"]),
+    (("train.iterations: 2}", "train.iterations: 2, model.path: /no/such/model}"), ["s.yaml", "model.path",
+                                                                                    "/no/such/model", "does not exist"]),
+    (("algorithm: ppo}", "algorithm: ppo, train.prompts_per_iteration: 1000000000}"), ["s.yaml", "1000000000",
+                                                                                   "task.n_train is 100"]),
+    (("seeds: [0, 1]", "seeds: []"), ["s.yaml", "groups[1] (rl)", "seeds: [] lists no seed"]),
+    (("grid: {train.lr: [1.0e-5, 3.0e-5]}", "grid: {train.lr: []}"), ["s.yaml", "groups[1] (rl)", "'train.lr'",
+                                                                       "lists no value"]),
+    (("train.iterations: 2}", "train.iterations: 2, train.lr: 1.0e-3, train.lr.x: 1}"), ["s.yaml", "groups[0] (sft)",
+                                                                                          "'lr' is not a mapping"]),
     # names become folders under results/: nothing may climb out of it
     (("name: t\n", "name: ..\n"), ["s.yaml", "name", "'..'"]),
     (("- name: sft", "- name: ../sft"), ["s.yaml", "name", "'../sft'"]),

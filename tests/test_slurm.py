@@ -48,7 +48,7 @@ groups:
       - {algorithm: ppo, train.iterations: 12, train.checkpoint_every: 100}
       - {algorithm: vineppo, train.iterations: 120, eval.every: 30, algo: {K: 2}, resources.gpus: 2}
   - name: broken
-    set: {algorithm: sft, train.iterations: 2, model.path: /nonexistent/model}
+    set: {algorithm: sft, train.iterations: 2, model.path: /etc}     # exists, holds no model: fails in the job
 """
 
 
@@ -301,7 +301,7 @@ def test_failed_job_is_reported_with_its_log(scenario):
     lines = s["final_status"].splitlines()
     i = next(i for i, x in enumerate(lines) if x.startswith(rid["broken-sft-s0"]))
     assert " failed " in lines[i] and "error:" in lines[i + 1], s["final_status"]
-    assert "/nonexistent/model" in lines[i + 1], s["final_status"]
+    assert "/etc" in lines[i + 1], s["final_status"]
     log = Path(lines[i].split()[-1])
     assert log.exists() and log == Path(read_json(s["out"] / rid["broken-sft-s0"] / "job.json")["log"])
     assert "6 runs: 5 done, 1 failed" in lines[-1]               # the rest of the sweep is unaffected
