@@ -56,6 +56,9 @@ def load(mcfg, seed: int = 0):
             src, kw["gguf_file"] = str(gguf.parent), gguf.name
         elif mcfg.gguf_file:
             kw["gguf_file"] = mcfg.gguf_file
+        elif mcfg.path and not (Path(mcfg.path) / "config.json").exists():
+            raise FileNotFoundError(f"model.path {mcfg.path!r} holds no config.json: not a Hugging Face model "
+                                    f"directory")
         tok = AutoTokenizer.from_pretrained(src, **kw)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, mcfg.dtype), revision=mcfg.revision,
                                                      attn_implementation=attn, **kw)
