@@ -93,6 +93,14 @@ def read_json(path: str | Path, default=None):
         return default
 
 
+def run_done(run_dir: str | Path) -> bool | None:
+    """True: finished, with its final/ weights; None: says "done" but final/ is gone (the run regenerates it from
+    its last checkpoint when started again); False: not finished."""
+    if (read_json(Path(run_dir) / "status.json", {}) or {}).get("state") != "done":
+        return False
+    return True if (Path(run_dir) / "final" / "config.json").exists() else None
+
+
 def write_status(run_dir: Path, state: str, **fields) -> None:
     old = read_json(run_dir / "status.json", {})
     old.update(fields, state=state, updated=time.time())

@@ -32,7 +32,7 @@ import algorithms
 from harness import dist, engines, gate, models, tasks
 from harness.config import RunConfig, load_run_config
 from harness.evaluate import evaluate
-from harness.metrics import MetricsLog, estimate_flops, read_json, run_lock, safe_load, write_status
+from harness.metrics import MetricsLog, estimate_flops, read_json, run_done, run_lock, safe_load, write_status
 
 PHASES = ("generate", "mc_rollouts")
 
@@ -306,7 +306,7 @@ def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
     """Run (or resume) the run in `run_dir`; the entry point every executor calls. Returns "done", or "stopped" when
     `stop()` (polled between iterations) asked it to end early: its checkpoint is then saved for a resume."""
     run_dir = Path(run_dir)
-    if read_json(run_dir / "status.json", {}).get("state") == "done":
+    if run_done(run_dir):                               # (done without final/: resumes to write it again)
         return "done"
     cfg = load_run_config(run_dir / "config.yaml")
     threads = cfg.threads or threads or int(os.environ.get("HARNESS_THREADS", 0)) or os.cpu_count()
@@ -317,7 +317,7 @@ def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
     if launched > 1:                                    # torchrun's processes run under their launcher's lock
         return _execute(run_dir, cfg, threads, stop)
     with run_lock(run_dir):                             # one owner per run: RunBusy if another process trains it
-        if read_json(run_dir / "status.json", {}).get("state") == "done":    # finished while we waited to start
+        if run_done(run_dir):                           # finished while we waited to start
             return "done"
         if cfg.backend.processes > 1:
             return launch_processes(run_dir, cfg.backend.processes, threads)

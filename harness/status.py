@@ -10,7 +10,7 @@ import os
 import socket
 from pathlib import Path
 
-from harness.metrics import read_json, read_jsonl
+from harness.metrics import read_json, read_jsonl, run_done
 
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -28,8 +28,9 @@ def last_error_line(log: str | None) -> str:
 
 
 def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None) -> dict:
-    """{state, detail, job_id, log, error}; state is new|queued|pending|running|stopped|done|failed|cancelled|blocked
-    (its start failed the gate its group requires: harness/gate.py).
+    """{state, detail, job_id, log, error}; state is new|queued|pending|running|stopped|done|damaged|failed|cancelled|
+    blocked (damaged: says done, but final/ is gone; blocked: its start failed the gate its group requires,
+    harness/gate.py).
     `queue`/`acct`: harness.slurm.queued()/accounted() results for many runs at once (queried here if None);
     queue=False: SLURM is unreachable, status.json is all there is."""
     from harness import slurm
@@ -37,6 +38,9 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
     jid = job.get("job_id") if job.get("executor") == "slurm" and queue is not False else None
     st = read_json(run_dir / "status.json", {})
     state, detail = st.get("state", "new"), ""
+    if state == "done" and run_done(run_dir) is None:
+        return {"state": "damaged", "detail": "final/ weights missing: submit the sweep again to regenerate them",
+                "job_id": job.get("job_id"), "log": job.get("log", "-"), "error": ""}
     if state != "done" and jid:
         queue = slurm.queued([jid]) if queue is None else queue
         st = read_json(run_dir / "status.json", {})           # re-read: the job may have finished meanwhile

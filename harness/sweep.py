@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness.config import ConfigError, dump_yaml, load_sweep, output_dir
 from harness import gate
-from harness.metrics import atomic_write, read_json, write_status
+from harness.metrics import atomic_write, read_json, run_done, write_status
 from harness.status import run_state, status_lines
 
 
@@ -106,6 +106,11 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     state = {r.id: read_json(out / r.id / "status.json", {}).get("state", "new") for r in runs}
+    for r in runs:
+        if state[r.id] == "done" and run_done(out / r.id) is None:
+            state[r.id] = "damaged"
+            print(f"[sweep] damaged  {r.id}: done, but its final/ weights are gone; regenerated from its last "
+                  f"checkpoint")
     if a.dry_run:
         for r in runs:
             deps = f"  (starts from {', '.join(r.depends_on)})" if r.depends_on else ""

@@ -234,3 +234,17 @@ def test_a_kl_beyond_its_bound_is_a_warning_in_status_and_table(tmp_path):
     assert any("warning(s), last: iteration" in line for line in status_lines(runs, tmp_path / "out"))
     assert plot.main([str(tmp_path / "out")]) == 0
     assert "warning(s), first: iteration" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_a_deleted_final_is_regenerated_from_the_last_checkpoint(tmp_path):
+    import shutil
+    from harness.metrics import read_jsonl, run_done
+    from harness.status import run_state
+    d = finished_run(tmp_path)
+    rows = read_jsonl(d / "metrics.jsonl")
+    weights = (d / "final" / "model.safetensors").read_bytes()
+    shutil.rmtree(d / "final")
+    assert run_done(d) is None and run_state(d)["state"] == "damaged"
+    assert execute(d, threads=1) == "done"
+    assert (d / "final" / "model.safetensors").read_bytes() == weights      # the same weights, not retrained
+    assert read_jsonl(d / "metrics.jsonl") == rows and run_done(d)
