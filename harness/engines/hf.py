@@ -84,16 +84,40 @@ class BufferedLayer(DynamicLayer):
         self.select(indices)
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator,
+                  nucleus_k: int = 256) -> torch.Tensor:
+    """One token per row from softmax(logits / T), restricted to the top-p nucleus (the smallest set of most likely
+    tokens whose mass reaches top_p). Inverse-CDF sampling (one uniform per row, a float64 cumsum and a binary
+    search) instead of torch.multinomial, ~4x faster on a 49k vocabulary; the nucleus is looked for among the
+    `nucleus_k` most likely tokens (a top-k, not a full sort) and only rows whose nucleus is wider get the sort."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sp, si = probs.sort(dim=-1, descending=True)
-        keep = sp.cumsum(-1) - sp < top_p          # smallest prefix whose mass reaches top_p (first always kept)
-        sp = sp * keep
-        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    u = torch.rand((probs.shape[0], 1), generator=gen, device=probs.device, dtype=torch.float64)
+    if top_p >= 1.0:
+        return _inverse_cdf(probs, u)
+    sp, si = probs.topk(min(nucleus_k, probs.shape[-1]), dim=-1)    # sorted, most likely first
+    wide = sp.sum(-1) < top_p                               # rows whose nucleus reaches beyond the top k
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    if (~wide).any():
+        out[~wide] = _nucleus(sp[~wide], si[~wide], top_p, u[~wide])
+    if wide.any():
+        out[wide] = _nucleus(*probs[wide].sort(dim=-1, descending=True), top_p, u[wide])
+    return out
+
+
+def _nucleus(p: torch.Tensor, idx: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """Sample from rows of probabilities `p` sorted in decreasing order (token ids `idx`), cut to the nucleus."""
+    keep = p.cumsum(-1) - p < top_p                          # smallest prefix whose mass reaches top_p
+    return idx.gather(-1, _inverse_cdf(p * keep, u)[:, None]).squeeze(-1)
+
+
+def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index i of each row with probability weights[i] / sum(weights), for uniforms u in [0, 1) (one per row)."""
+    cdf = weights.double().cumsum(-1)
+    total = cdf[:, -1:]
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))     # strictly below the total
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1)    # first cdf > x: zero-weight tokens never drawn
 
 
 def finish_sample(tokenizer, prompt_index: int, ids: list[int], stop: tuple[str, ...]) -> Sample:
