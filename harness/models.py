@@ -42,8 +42,9 @@ def tiny_llama(tokenizer, hidden_size=128, layers=2, heads=4, intermediate_size=
 
 def load(mcfg, seed: int = 0):
     """Return (tokenizer, model) for a `ModelConfig` (see harness/config.py)."""
-    # Eager attention on CPU: for small models the CPU SDPA kernels (bf16, padded batches) are ~1.5x slower.
-    attn = mcfg.attn_implementation or ("sdpa" if torch.cuda.is_available() else "eager")
+    # sdpa everywhere, by measurement (README "Performance"): on CPU it trains the tiny 16-head model 1.26x faster
+    # than eager (fp32, 2 threads) and samples as fast; SmolLM2 (grouped-query) decodes faster with it at batch 64.
+    attn = mcfg.attn_implementation or "sdpa"
     if mcfg.init == "tiny":
         tok = char_tokenizer()
         model = tiny_llama(tok, mcfg.hidden_size, mcfg.layers, mcfg.heads, mcfg.intermediate_size,
