@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import submitit
+import yaml
 
 from harness import gate
 from harness.metrics import atomic_write, lock_holder, read_json, write_status
 from harness.run import execute
+from harness.status import live_line
 
 
 GRACE_S = 120          # how long a stopped sweep waits for its runs to reach an iteration boundary
@@ -70,6 +73,8 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
     running: dict[str, tuple] = {}
     states: dict[str, str] = {}
     total, t_start = len(runs), time.time()
+    watch = Watch(log, workers)
+    say = watch.say
     try:
         while pending or running:
             for r in list(pending):                          # start whatever is ready, up to `workers`
@@ -80,7 +85,7 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                 if bad:
                     pending.remove(r)
                     states[r.id] = "blocked"
-                    log(f"[sweep] blocked  {r.id}: the run it starts from is {states[bad[0]]} ({bad[0]})")
+                    say(f"[sweep] blocked  {r.id}: the run it starts from is {states[bad[0]]} ({bad[0]})")
                     continue
                 if any(states.get(d) != "done" for d in deps):
                     continue
@@ -89,14 +94,14 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                     pending.remove(r)
                     states[r.id] = "blocked"
                     write_status(out / r.id, "blocked", error=why)
-                    log(f"[sweep] blocked  {r.id}: {why}")
+                    say(f"[sweep] blocked  {r.id}: {why}")
                     continue
                 pending.remove(r)
                 run_dir = out / r.id
                 holder = lock_holder(run_dir)
                 if holder:                                   # another sweep or executor trains it: hands off
                     states[r.id] = "busy"
-                    log(f"[sweep] busy     {r.id}: being trained by {holder}; left alone")
+                    say(f"[sweep] busy     {r.id}: being trained by {holder}; left alone")
                     continue
                 write_status(run_dir, "queued", executor=executor)
                 job = ex.submit(local_run if executor == "local" else execute, str(run_dir), threads)
@@ -104,7 +109,7 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                     {"job_id": str(job.job_id), "executor": executor, "log": str(job.paths.stdout),
                      "stderr": str(job.paths.stderr), "submitted": time.time()}, indent=1))
                 running[r.id] = (job, time.time())
-                log(f"[sweep] started  {r.id} ({executor} job {job.job_id}, {r.cfg.threads or threads} threads)")
+                say(f"[sweep] started  {r.id} ({executor} job {job.job_id}, {r.cfg.threads or threads} threads)")
                 if executor == "debug":
                     _wait(job)
             for rid, (job, t0) in list(running.items()):
@@ -121,14 +126,66 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                     write_status(out / rid, "failed", error=error)
                 states[rid] = state
                 where = "" if state == "done" else f"\n         log: {job.paths.stdout}"
-                log(f"[sweep] {state:<8} {rid} ({time.time() - t0:.0f}s; {len(states)}/{total}, "
+                say(f"[sweep] {state:<8} {rid} ({time.time() - t0:.0f}s; {len(states)}/{total}, "
                     f"{time.time() - t_start:.0f}s elapsed){where}")
+            watch.show(running, pending, out, states, total)
             if running:
                 time.sleep(0.5)
     except KeyboardInterrupt:                   # Ctrl-C, SIGTERM, SIGHUP (harness.sweep): stop every run cleanly
-        stop_running(running, out, log)
+        stop_running(running, out, say)
         raise
     return states
+
+
+class Watch:
+    """Live progress of a local sweep: one line per running run and an overall ETA, redrawn in place on a terminal
+    (every 2 s) and printed as plain lines to a log or pipe (every 60 s, HARNESS_LIVE_EVERY), so a long sweep is
+    never silent."""
+
+    def __init__(self, log, workers: int):
+        self.log, self.workers, self.tty = log, workers, log is print and sys.stdout.isatty()
+        self.last, self.drawn = 0.0, 0
+
+    def show(self, running: dict, pending: list, out: Path, states: dict, total: int) -> None:
+        now = time.time()
+        every = 2 if self.tty else float(os.environ.get("HARNESS_LIVE_EVERY", 60))
+        if not running or now - self.last < every:
+            return
+        self.last = now
+        lines, left = [], []
+        for rid, (_, t0) in running.items():
+            text, secs = live_line(out / rid, self._iterations(out / rid), now - t0)
+            lines.append(f"[sweep]   {rid}: {text}")
+            left.append(secs)
+        known = [x for x in left if x is not None]
+        eta = ""
+        if known:           # running runs' ETAs; waiting runs are guessed at the mean of the running ones' totals
+            guess = len(pending) * (sum(known) / len(known)) / self.workers
+            eta = f", ETA ~{(max(known) + guess) / 60:.1f} min" + (" (waiting runs guessed)" if pending else "")
+        lines.append(f"[sweep] {len(states)}/{total} finished, {len(running)} running, {len(pending)} waiting{eta}")
+        if self.tty:
+            up = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""     # back over the last block, clear below
+            sys.stdout.write(up + "\n".join(lines) + "\n")
+            sys.stdout.flush()
+            self.drawn = len(lines)
+        else:
+            for line in lines:
+                self.log(line)
+
+    def say(self, msg: str) -> None:
+        """An event line (started, done, ...): printed above the live block, which is redrawn below it."""
+        if self.tty and self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn, self.last = 0, 0.0
+        self.log(msg)
+
+    @staticmethod
+    def _iterations(run_dir: Path) -> int:
+        try:
+            return int(read_json(run_dir / "status.json", {}).get("total") or
+                       yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["iterations"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return 0
 
 
 def stop_running(running: dict, out: Path, log) -> None:

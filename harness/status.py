@@ -77,6 +77,28 @@ def progress(run_dir: Path) -> tuple[int, float | None]:
     return (rows[-1]["iteration"] if rows else 0), (acc[-1] if acc else None)
 
 
+def live_line(run_dir: Path, total: int, running_s: float) -> tuple[str, float | None]:
+    """One line for a running run (iteration i/N, last training reward and validation accuracy, s/iteration, ETA)
+    and its remaining seconds (None until an iteration has been timed)."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in rows if r.get("kind") == "train"]
+    acc = [r["acc"] for r in rows if r.get("kind") == "eval" and r.get("split") == "validation"]
+    it = train[-1]["iteration"] if train else 0
+    parts = [f"it {it}/{total}"]
+    if train and "train_reward" in train[-1]:
+        parts.append(f"reward {train[-1]['train_reward']:.3f}")
+    if acc:
+        parts.append(f"val {acc[-1]:.3f}")
+    left = None
+    if len(train) >= 2:
+        per_it = (train[-1]["wall_s"] - train[0]["wall_s"]) / (len(train) - 1)
+        left = per_it * (total - it)
+        parts += [f"{per_it:.2f} s/it", f"ETA {left:.0f}s"]
+    elif not train:
+        parts.append(f"starting ({running_s:.0f}s)")
+    return ", ".join(parts), left
+
+
 def status_lines(runs, out: Path) -> list[str]:
     """One line per run: id, state (SLURM's view in brackets), job id, iteration/total, last validation accuracy,
     log path; a failed run adds its last error line."""

@@ -3,6 +3,7 @@ about it (issue "Honest results under faults")."""
 import json
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -176,7 +177,8 @@ def test_a_second_sweep_leaves_a_run_in_training_alone(tmp_path):
     from helpers import env, sh
     (tmp_path / "s.yaml").write_text(SFT.replace("iterations: 4", "iterations: 300"))
     first = subprocess.Popen([sys.executable, "-m", "harness.sweep", "s.yaml", "--output", "out"], cwd=tmp_path,
-                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             env={**env(), "HARNESS_LIVE_EVERY": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     deadline, run = time.time() + 120, None
     while time.time() < deadline:
         run = next(iter((tmp_path / "out").glob("sft-*")), None)
@@ -188,6 +190,9 @@ def test_a_second_sweep_leaves_a_run_in_training_alone(tmp_path):
     assert second.returncode == 1 and "being trained by pid" in second.stdout, second.stdout
     out, _ = first.communicate(timeout=300)
     assert first.returncode == 0, out
+    # the sweep you can watch: live lines per running run and an overall ETA (plain lines into a pipe)
+    assert re.search(r"\[sweep\]   sft-\S+: it \d+/300, .*s/it, ETA \d+s", out), out
+    assert re.search(r"\[sweep\] 0/1 finished, 1 running, 0 waiting, ETA ~[\d.]+ min", out), out
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["iteration"] for r in rows if r["kind"] == "train"] == list(range(1, 301))
     assert read_json(run / "status.json")["state"] == "done" and lock_holder(run) is None
