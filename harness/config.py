@@ -102,6 +102,8 @@ class TrainConfig(Strict):
     clip_eps: float = Field(0.2, gt=0.0)
     kl_coef: float = Field(1e-4, ge=0.0)
     kl_clamp: float = Field(10.0, gt=0.0)
+    max_grade_timeouts: float = Field(0.05, ge=0.0, le=1.0, description="fraction of an iteration's math-verify "
+                                      "gradings that may time out (each scores 0) before the run stops")
     warn_kl: float | None = Field(50.0, gt=0.0, description="a training row whose KL to the reference (nats per "
                                   "sequence) exceeds this gets a warning row (--status, table.md)")
     whiten_advantages: bool | None = Field(None, description="whiten advantages over the batch; null: the "

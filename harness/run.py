@@ -30,6 +30,7 @@ import torch
 
 import algorithms
 from harness import dist, engines, gate, models, tasks
+from harness.tasks import grader
 from harness.config import RunConfig, load_run_config
 from harness.evaluate import evaluate
 from harness.metrics import MetricsLog, estimate_flops, read_json, run_done, run_lock, safe_load, write_status
@@ -230,6 +231,11 @@ class Runner:
             t2 = time.perf_counter()
             self.sync_engine()
             t3 = time.perf_counter()
+            grades = grader.pop_counts()
+            if grades["timeouts"] > cfg.train.max_grade_timeouts * grades["graded"]:
+                raise grader.GraderError(f"iteration {it + 1}: {grades['timeouts']} of {grades['graded']} math-verify "
+                                         f"gradings timed out (> train.max_grade_timeouts "
+                                         f"{cfg.train.max_grade_timeouts:g}): the rewards are not trustworthy")
             self._sum_counts_over_processes(counts_before)
             eng = self.engine.stats.pop()
             gen_s = {p: eng.seconds.get(p, 0.0) for p in PHASES}
@@ -241,7 +247,7 @@ class Runner:
             row = {"kind": "train", **self.compute_columns(),
                    **{f"t_{p}": round(v, 4) for p, v in gen_s.items()},
                    "t_collect_other": round(t1 - t0 - sum(gen_s.values()), 4), "t_train": round(t2 - t1, 4),
-                   "t_sync": round(t3 - t2, 4),
+                   "t_sync": round(t3 - t2, 4), "grade_timeouts": grades["timeouts"],
                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()}}
             if self.main:
                 self.metrics.append(row)

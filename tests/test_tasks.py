@@ -1,4 +1,5 @@
 """GSM8K and MATH tasks on the shipped subsets (tests/data): loaders, prompts, graders, step splitters."""
+import os
 import re
 import time
 from pathlib import Path
@@ -159,3 +160,22 @@ def test_math_splitter(math_task):
 
 def test_registered():
     assert {"gsm8k", "math", "arithmetic"} <= set(tasks.names())
+
+
+def test_a_grader_pool_that_cannot_start_raises(tmp_path):
+    """Spawned workers cannot start from a script fed on standard input: that must be an error, not every answer
+    scored 0."""
+    import subprocess
+    import sys
+    script = "from harness import tasks\nprint(tasks.get('math').grade('\\\\boxed{0.5}', '\\\\frac{1}{2}'))\n"
+    r = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=120)
+    assert r.returncode != 0 and "GraderError: the math-verify worker pool failed" in r.stderr, r.stderr[-2000:]
+
+
+def test_timeouts_are_counted(monkeypatch):
+    from harness.tasks import grader
+    grader.pop_counts()
+    monkeypatch.setattr(grader, "_verify", grader._hang)
+    assert grader.is_equiv_many([("1", "2"), ("3", "4")], timeout=0.5) == [False, False]
+    assert grader.pop_counts() == {"graded": 2, "timeouts": 2} and grader.pop_counts()["timeouts"] == 0

@@ -9,7 +9,8 @@ Order of checks for a (predicted, gold) answer pair:
   2. math-verify (`verify(parse(gold), parse(pred))`: sympy-level equivalence: 0.5 = \\frac{1}{2}, intervals, sets),
      in a pool of worker processes with a per-item timeout. math-verify is not thread-safe (it times out with
      signals) and sympy can hang on pathological LaTeX, so it never runs in the caller: a worker that overruns is
-     killed and the item counts as wrong;
+     killed and the item counts as wrong (counted: `grade_timeouts` in the metrics rows); a pool that cannot start
+     or dies raises GraderError (it would otherwise score everything 0);
   3. fallback when math-verify is not installed: step 1 alone (documented: less lenient on equivalent forms).
 The pool is started lazily on first use (spawned processes: safe beside torch threads) and shut down at exit.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import math
 import multiprocessing as mp
 import os
@@ -110,6 +112,11 @@ def _have_math_verify() -> bool:
 
 
 _POOL: cf.ProcessPoolExecutor | None = None
+COUNTS = {"graded": 0, "timeouts": 0}
+
+
+class GraderError(RuntimeError):
+    """The grader cannot grade (its worker pool failed): never a silent 0."""
 
 
 def _pool() -> cf.ProcessPoolExecutor:
@@ -154,16 +161,30 @@ def is_equiv_many(pairs: list[tuple[str | None, str]], timeout: float = TIMEOUT_
     pool = _pool()
     futs = [(i, pool.submit(_verify, pairs[i][0], str(pairs[i][1]), timeout)) for i in todo]
     t0, hung = time.monotonic(), False
+    COUNTS["graded"] += len(todo)
     for n, (i, f) in enumerate(futs):
         deadline = t0 + (n // WORKERS + 1) * (timeout + 1.0) + 2.0
         try:
             out[i] = f.result(timeout=max(0.0, deadline - time.monotonic()))
-        except cf.TimeoutError:
+        except cf.TimeoutError:                         # the only failure that may count as wrong: one item's time
             hung = True
-        except Exception:      # a crashed worker (BrokenProcessPool) or a math-verify error: wrong, not fatal
-            hung = True
+            COUNTS["timeouts"] += 1
+        except BrokenProcessPool as e:                 # the pool could not start or died: nothing can be graded
+            _kill_pool()
+            raise GraderError(f"the math-verify worker pool failed ({e}); every answer would score 0. Workers are "
+                              f"spawned processes: run from a script or module, not from a script fed on standard "
+                              f"input") from None
+        except Exception:                               # math-verify raised on this item: it is not equivalent
+            pass
     if hung:
         _kill_pool()
+    return out
+
+
+def pop_counts() -> dict[str, int]:
+    """Items sent to math-verify and items that timed out since the last call (for the metrics rows)."""
+    out = dict(COUNTS)
+    COUNTS.update(graded=0, timeouts=0)
     return out
 
 
