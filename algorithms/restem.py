@@ -22,6 +22,7 @@ an iteration boundary is exact.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections import Counter
@@ -153,6 +154,10 @@ class RestEM(Algorithm):
         return stats
 
     def validation_acc(self, tag: tuple) -> float:
+        """Accuracy of the policy as it is now: an engine holding its own copy of the weights (vLLM, ZeRO-3) is
+        synced first, or it would score the weights of the last sync, not this epoch's."""
+        with self.trainer.full_model() if self.trainer else contextlib.nullcontext(self.policy) as model:
+            self.engine.sync(model)
         o = self.opts
         ecfg = self.cfg.eval.model_copy(update={"greedy": False,
                                                 "max_problems": o.select_max_problems or self.cfg.eval.max_problems})

@@ -61,6 +61,9 @@ class ScriptedEngine:
     def encode_prompt(self, text):
         return [self.tokenizer.bos_token_id] + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def sync(self, model):          # samples from the training model itself: nothing to copy
+        pass
+
     def generate(self, prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=64, stop=(), seed=0, tag="generate"):
         self.calls.append((tag, len(prompts), n, seed))
         self.stats.seconds[tag] += 0.25
@@ -280,3 +283,21 @@ def test_restem_picks_the_last_epoch_before_validation_accuracy_drops(accs, chos
     b["iteration"] = 1
     assert algo.update(b)["chosen_epoch"] == 1
     assert [c[0] for c in eng.calls].count("restem_select") == trained + 1 + 2
+
+
+def test_restem_selects_on_the_weights_it_trained_with_an_engine_that_holds_a_copy(char_tok, monkeypatch):
+    """With vLLM (or ZeRO-3) the engine holds its own copy of the weights: every selection evaluation must see the
+    epoch it scores, so the engine is synced before it (here a real HF engine on a separate copy)."""
+    import copy
+    import algorithms.restem as restem
+    from harness.engines.hf import HFEngine
+    algo, _ = build("restem", char_tok, train={"epochs": 2})
+    algo.engine = HFEngine(copy.deepcopy(algo.policy), char_tok, progress=False)
+    seen = []
+
+    def scored(engine, *a, **k):
+        seen.append(same(params(engine.model), params(algo.policy)))
+        return {"acc": 0.1 * len(seen)}                  # strictly improving: both epochs are scored
+    monkeypatch.setattr(restem, "evaluate", scored)
+    algo.update(restem_batch(algo, [1, 2, 3, 4, 5]))
+    assert len(seen) == 3 and all(seen)                  # start, epoch 1, epoch 2: each on the current weights
