@@ -66,12 +66,18 @@ def test_resume_from_a_planted_checkpoint_fails_without_running_it(tmp_path):
     assert st["state"] == "failed" and "refusing to load" in st["error"] and "latest.pt" in st["error"]
     assert not marker.exists()
 
-def finished_run(tmp_path):
-    (tmp_path / "s.yaml").write_text(SFT)
+def prepare(tmp_path, text=SFT):
+    """The sweep's single run, its folder written as the sweep writes it: (runs, run folder)."""
+    (tmp_path / "s.yaml").write_text(text)
     _, runs = load_sweep(tmp_path / "s.yaml")
     d = tmp_path / "out" / runs[0].id
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(dump_yaml(runs[0].cfg))
+    return runs, d
+
+
+def finished_run(tmp_path):
+    _, d = prepare(tmp_path)
     assert execute(d, threads=1) == "done"
     return d
 
@@ -209,11 +215,7 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkey
         out = real(*a, **k)
         return out * float("nan") if len(calls) == 3 else out    # the loss of iteration 3
     monkeypatch.setattr(algorithms.sft, "masked_mean", poisoned)
-    (tmp_path / "s.yaml").write_text(SFT)
-    _, runs = load_sweep(tmp_path / "s.yaml")
-    d = tmp_path / "out" / runs[0].id
-    d.mkdir(parents=True)
-    (d / "config.yaml").write_text(dump_yaml(runs[0].cfg))
+    _, d = prepare(tmp_path)
     with pytest.raises(Diverged, match="iteration 3: non-finite loss=nan"):
         execute(d, threads=1)
     st = read_json(d / "status.json")
@@ -228,11 +230,7 @@ def test_a_kl_beyond_its_bound_is_a_warning_in_status_and_table(tmp_path):
     from harness.status import status_lines
     ppo = SFT.replace("set: {algorithm: sft}", "set: {algorithm: ppo, train: {iterations: 3, warn_kl: 1.0e-9, "
                       "prompts_per_iteration: 2, samples_per_prompt: 2}, eval: {final_splits: [validation, test]}}")
-    (tmp_path / "s.yaml").write_text(ppo)
-    _, runs = load_sweep(tmp_path / "s.yaml")
-    d = tmp_path / "out" / runs[0].id
-    d.mkdir(parents=True)
-    (d / "config.yaml").write_text(dump_yaml(runs[0].cfg))
+    runs, d = prepare(tmp_path, ppo)
     assert execute(d, threads=1) == "done"
     warn = [r for r in read_jsonl(d / "metrics.jsonl") if r["kind"] == "warning"]
     assert warn and "KL to the reference" in warn[0]["message"] and "train.warn_kl 1e-09" in warn[0]["message"]
