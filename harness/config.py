@@ -106,6 +106,7 @@ class TrainConfig(Strict):
                                       "gradings that may time out (each scores 0) before the run stops")
     warn_kl: float | None = Field(50.0, gt=0.0, description="a training row whose KL to the reference (nats per "
                                   "sequence) exceeds this gets a warning row (--status, table.md)")
+    warn_grad_norm: float | None = Field(None, gt=0.0, description="the same for the (pre-clip) gradient norm")
     whiten_advantages: bool | None = Field(None, description="whiten advantages over the batch; null: the "
                                            "algorithm's default (PPO, VinePPO: yes; GRPO, RLOO: no)")
     ratio_threshold: float = Field(10.0, gt=1.0, description="skip a minibatch whose mean ratio exceeds this")

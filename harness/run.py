@@ -275,11 +275,13 @@ class Runner:
         if bad:
             raise Diverged(f"iteration {it}: non-finite {', '.join(bad)}; stopped before saving anything of it (the "
                            f"last checkpoint is intact: lower the lr, or resume after fixing the cause)")
-        kl, lim = stats.get("kl"), self.cfg.train.warn_kl
-        if self.main and lim is not None and kl is not None and kl > lim:
-            msg = f"iteration {it}: KL to the reference {kl:.3g} > train.warn_kl {lim:g} (diverging?)"
-            self.metrics.append({"kind": "warning", "iteration": it, "message": msg})
-            print(f"[{self.run_id}] warning: {msg}", flush=True)
+        t = self.cfg.train
+        for key, what, lim in (("kl", "KL to the reference", t.warn_kl), ("grad_norm", "gradient norm", t.warn_grad_norm)):
+            v = stats.get(key)
+            if self.main and lim is not None and v is not None and v > lim:
+                msg = f"iteration {it}: {what} {v:.3g} > train.warn_{key} {lim:g} (diverging?)"
+                self.metrics.append({"kind": "warning", "iteration": it, "message": msg})
+                print(f"[{self.run_id}] warning: {msg}", flush=True)
 
     def _sum_counts_over_processes(self, before: dict) -> None:
         """Data parallel: each process counted the tokens it pushed through its models; the run did the sum."""

@@ -18,13 +18,16 @@ ERROR_WORDS = ("error", "exception", "killed", "cancelled", "time limit", "oom",
 
 
 def last_error_line(log: str | None) -> str:
-    """The last line of a log that looks like an error (the exception of a Python traceback, slurmstepd's notice)."""
+    """The last line of a log that looks like an error (the exception of a Python traceback, slurmstepd's notice);
+    "" when none does."""
     try:
         lines = [x.strip() for x in Path(log).read_text(errors="replace").splitlines() if x.strip()]
     except (OSError, TypeError):
         return ""
     hits = [x for x in lines if any(w in x.lower() for w in ERROR_WORDS)]
-    return (hits or lines or [""])[-1][:300]
+    # No error line (a SIGKILL writes none): say nothing rather than quote whatever came last, e.g. the source
+    # line of a warning.
+    return hits[-1][:300] if hits else ""
 
 
 def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None) -> dict:
@@ -38,9 +41,15 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
     jid = job.get("job_id") if job.get("executor") == "slurm" and queue is not False else None
     st = read_json(run_dir / "status.json", {})
     state, detail = st.get("state", "new"), ""
-    if state == "done" and run_done(run_dir) is None:
-        return {"state": "damaged", "detail": "final/ weights missing: submit the sweep again to regenerate them",
-                "job_id": job.get("job_id"), "log": job.get("log", "-"), "error": ""}
+    if state == "done":
+        bad: list[int] = []
+        read_jsonl(run_dir / "metrics.jsonl", bad)
+        why = ("final/ weights missing: submit the sweep again to regenerate them" if run_done(run_dir) is None else
+               f"metrics.jsonl line {bad[0]} unreadable: restore the file, or delete the run folder to train it "
+               f"again" if bad else "")
+        if why:
+            return {"state": "damaged", "detail": why, "job_id": job.get("job_id"), "log": job.get("log", "-"),
+                    "error": ""}
     if state != "done" and jid:
         queue = slurm.queued([jid]) if queue is None else queue
         st = read_json(run_dir / "status.json", {})           # re-read: the job may have finished meanwhile
@@ -60,7 +69,7 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
         try:                                                    # a local run whose process is gone died silently
             os.kill(st["pid"], 0)
         except ProcessLookupError:
-            state, detail = "failed", "process gone"
+            state, detail = "failed", "process gone (killed without a word: SIGKILL, out of memory?)"
         except PermissionError:
             pass
     error = ""

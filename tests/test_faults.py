@@ -229,11 +229,13 @@ def test_a_kl_beyond_its_bound_is_a_warning_in_status_and_table(tmp_path):
     from harness.metrics import read_jsonl
     from harness.status import status_lines
     ppo = SFT.replace("set: {algorithm: sft}", "set: {algorithm: ppo, train: {iterations: 3, warn_kl: 1.0e-9, "
+                      "warn_grad_norm: 1.0e-9, "
                       "prompts_per_iteration: 2, samples_per_prompt: 2}, eval: {final_splits: [validation, test]}}")
     runs, d = prepare(tmp_path, ppo)
     assert execute(d, threads=1) == "done"
     warn = [r for r in read_jsonl(d / "metrics.jsonl") if r["kind"] == "warning"]
-    assert warn and "KL to the reference" in warn[0]["message"] and "train.warn_kl 1e-09" in warn[0]["message"]
+    assert warn and any("KL to the reference" in w["message"] and "train.warn_kl 1e-09" in w["message"] for w in warn)
+    assert any("gradient norm" in w["message"] and "train.warn_grad_norm 1e-09" in w["message"] for w in warn)
     assert any("warning(s), last: iteration" in line for line in status_lines(runs, tmp_path / "out"))
     assert plot.main([str(tmp_path / "out")]) == 0
     assert "warning(s), first: iteration" in (tmp_path / "out" / "table.md").read_text()
@@ -251,3 +253,7 @@ def test_a_deleted_final_is_regenerated_from_the_last_checkpoint(tmp_path):
     assert execute(d, threads=1) == "done"
     assert (d / "final" / "model.safetensors").read_bytes() == weights      # the same weights, not retrained
     assert read_jsonl(d / "metrics.jsonl") == rows and run_done(d)
+    lines = (d / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (d / "metrics.jsonl").write_text("".join(lines[:1] + ["{garbage\n"] + lines[2:]))
+    st = run_state(d)
+    assert st["state"] == "damaged" and "metrics.jsonl line 2 unreadable" in st["detail"]

@@ -134,8 +134,8 @@ def test_last_error_line(tmp_path):
     log = tmp_path / "x.err"
     log.write_text("Traceback (most recent call last):\n  File 'a.py'\nValueError: bad lr\nsrun: ok\n\n")
     assert last_error_line(log) == "ValueError: bad lr"
-    log.write_text("just output\n")
-    assert last_error_line(log) == "just output"
+    log.write_text("just output\n  vloss_total += float(vloss) * w\n")    # no error line (a SIGKILL): nothing
+    assert last_error_line(log) == ""
     assert last_error_line(tmp_path / "none.err") == ""
 
 
