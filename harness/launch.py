@@ -152,16 +152,17 @@ class Watch:
         if not running or now - self.last < every:
             return
         self.last = now
-        lines, left = [], []
+        lines, left, whole = [], [], []
         for rid, (_, t0) in running.items():
-            text, secs = live_line(out / rid, self._iterations(out / rid), now - t0)
+            text, secs, full = live_line(out / rid, self._iterations(out / rid), now - t0)
             lines.append(f"[sweep]   {rid}: {text}")
-            left.append(secs)
-        known = [x for x in left if x is not None]
+            if secs is not None:
+                left.append(secs)
+                whole.append(full)
         eta = ""
-        if known:           # running runs' ETAs; waiting runs are guessed at the mean of the running ones' totals
-            guess = len(pending) * (sum(known) / len(known)) / self.workers
-            eta = f", ETA ~{(max(known) + guess) / 60:.1f} min" + (" (waiting runs guessed)" if pending else "")
+        if left:            # running runs' ETAs; a waiting run is guessed to take as long as a running one in all
+            guess = len(pending) * (sum(whole) / len(whole)) / self.workers
+            eta = f", ETA ~{(max(left) + guess) / 60:.1f} min" + (" (waiting runs guessed)" if pending else "")
         lines.append(f"[sweep] {len(states)}/{total} finished, {len(running)} running, {len(pending)} waiting{eta}")
         if self.tty:
             up = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""     # back over the last block, clear below

@@ -86,9 +86,9 @@ def progress(run_dir: Path) -> tuple[int, float | None]:
     return (rows[-1]["iteration"] if rows else 0), (acc[-1] if acc else None)
 
 
-def live_line(run_dir: Path, total: int, running_s: float) -> tuple[str, float | None]:
-    """One line for a running run (iteration i/N, last training reward and validation accuracy, s/iteration, ETA)
-    and its remaining seconds (None until an iteration has been timed)."""
+def live_line(run_dir: Path, total: int, running_s: float) -> tuple[str, float | None, float | None]:
+    """One line for a running run (iteration i/N, last training reward and validation accuracy, s/iteration, ETA),
+    its remaining and its whole training seconds (None until an iteration has been timed)."""
     rows = read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in rows if r.get("kind") == "train"]
     acc = [r["acc"] for r in rows if r.get("kind") == "eval" and r.get("split") == "validation"]
@@ -98,14 +98,14 @@ def live_line(run_dir: Path, total: int, running_s: float) -> tuple[str, float |
         parts.append(f"reward {train[-1]['train_reward']:.3f}")
     if acc:
         parts.append(f"val {acc[-1]:.3f}")
-    left = None
+    left = whole = None
     if len(train) >= 2:
         per_it = (train[-1]["wall_s"] - train[0]["wall_s"]) / (len(train) - 1)
-        left = per_it * (total - it)
+        left, whole = per_it * (total - it), per_it * total
         parts += [f"{per_it:.2f} s/it", f"ETA {left:.0f}s"]
     elif not train:
         parts.append(f"starting ({running_s:.0f}s)")
-    return ", ".join(parts), left
+    return ", ".join(parts), left, whole
 
 
 def status_lines(runs, out: Path) -> list[str]:
