@@ -145,6 +145,7 @@ class Watch:
     def __init__(self, log, workers: int):
         self.log, self.workers, self.tty = log, workers, log is print and sys.stdout.isatty()
         self.last, self.drawn = 0.0, 0
+        self.took: dict[tuple, float] = {}      # (group, algorithm) -> a run's whole training time, as estimated
 
     def show(self, running: dict, pending: list, out: Path, states: dict, total: int) -> None:
         now = time.time()
@@ -152,17 +153,23 @@ class Watch:
         if not running or now - self.last < every:
             return
         self.last = now
-        lines, left, whole = [], [], []
+        lines, left = [], []
         for rid, (_, t0) in running.items():
-            text, secs, full = live_line(out / rid, self._iterations(out / rid), now - t0)
+            kind, iterations = self._kind(out / rid)
+            text, secs, whole = live_line(out / rid, iterations, now - t0)
             lines.append(f"[sweep]   {rid}: {text}")
             if secs is not None:
                 left.append(secs)
-                whole.append(full)
+                self.took[kind] = whole
+        # A waiting run is guessed at the time a run of its group and algorithm took (or is taking) in all; runs of a
+        # kind not seen yet have no estimate, and the ETA says so rather than guess.
+        guesses = [self.took.get((r.cfg.group, r.cfg.algorithm)) for r in pending]
         eta = ""
-        if left:            # running runs' ETAs; a waiting run is guessed to take as long as a running one in all
-            guess = len(pending) * (sum(whole) / len(whole)) / self.workers
-            eta = f", ETA ~{(max(left) + guess) / 60:.1f} min" + (" (waiting runs guessed)" if pending else "")
+        if left:
+            known = [g for g in guesses if g is not None]
+            eta = f", ETA ~{(max(left) + sum(known) / self.workers) / 60:.1f} min"
+            if len(known) < len(guesses):
+                eta += f" + {len(guesses) - len(known)} waiting run(s) not estimated yet"
         lines.append(f"[sweep] {len(states)}/{total} finished, {len(running)} running, {len(pending)} waiting{eta}")
         if self.tty:
             up = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""     # back over the last block, clear below
@@ -181,12 +188,12 @@ class Watch:
         self.log(msg)
 
     @staticmethod
-    def _iterations(run_dir: Path) -> int:
+    def _kind(run_dir: Path) -> tuple[tuple, int]:
         try:
-            return int(read_json(run_dir / "status.json", {}).get("total") or
-                       yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["iterations"])
-        except (OSError, KeyError, TypeError, ValueError):
-            return 0
+            cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+            return (cfg.get("group"), cfg.get("algorithm")), int(cfg["train"]["iterations"])
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+            return (None, None), 0
 
 
 def stop_running(running: dict, out: Path, log) -> None:
