@@ -6,9 +6,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -198,29 +200,45 @@ class Watch:
 
 def stop_running(running: dict, out: Path, log) -> None:
     """Ask every running run to stop at its next iteration boundary (it checkpoints and ends "stopped"), wait up to
-    GRACE_S (a second Ctrl-C: stop now), then kill what is left: no run keeps training after the sweep has gone."""
+    GRACE_S (a second Ctrl-C: stop now), then kill what is left: no run keeps training after the sweep has gone.
+    The runs are signalled directly (SIGTERM to the pid in their status.json): submitit's local controller between
+    the sweep and a run kills its task a second after a SIGINT, and ignores SIGINT altogether when the sweep was
+    started in the background (`cmd &` starts with SIGINT ignored)."""
     log(f"[sweep] stopping {len(running)} running run(s) at their next iteration boundary (up to {GRACE_S} s; "
         f"Ctrl-C again to stop them at once)")
-    for job, _ in running.values():
-        job.cancel(check=False)                          # SIGINT: local_run's stop flag
+    pids = {rid: _run_pid(out / rid) for rid in running}
+
+    def signal_runs(sig):
+        for rid, (job, _) in running.items():
+            if pids[rid] and not job.done():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pids[rid], sig)
+    signal_runs(signal.SIGTERM)                          # local_run's stop flag
     deadline = time.time() + GRACE_S
     try:
         while time.time() < deadline and not all(job.done() for job, _ in running.values()):
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
-    for job, _ in running.values():
-        if not job.done():
-            job.cancel(check=False)                      # second SIGINT: KeyboardInterrupt inside the run
-    time.sleep(2)
+    if not all(job.done() for job, _ in running.values()):
+        time.sleep(max(0.0, 2.1 - (time.time() - (deadline - GRACE_S))))    # past local_run's 2 s debounce
+        signal_runs(signal.SIGTERM)                      # a second signal: KeyboardInterrupt inside the run
+        time.sleep(2)
+    signal_runs(signal.SIGKILL)
     for rid, (job, _) in running.items():
-        proc = getattr(job, "_process", None)
+        proc = getattr(job, "_process", None)            # submitit's controller process
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
         if read_json(out / rid / "status.json", {}).get("state") not in ("stopped", "done"):
             write_status(out / rid, "stopped", error="interrupted mid-iteration; resumes from its last checkpoint")
     log(f"[sweep] stopped; submit the sweep again to resume the runs from their last checkpoint")
+
+
+def _run_pid(run_dir: Path) -> int | None:
+    """The pid of the process training the run, when it runs on this host (status.json says)."""
+    st = read_json(run_dir / "status.json", {}) or {}
+    return st.get("pid") if st.get("host") == socket.gethostname() else None
 
 
 def _wait(job) -> str | None:
