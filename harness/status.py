@@ -79,11 +79,12 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
             "error": error}
 
 
-def progress(run_dir: Path) -> tuple[int, float | None]:
-    """(iterations completed, last validation accuracy) from metrics.jsonl."""
+def progress(run_dir: Path) -> tuple[int, float | None, list[str]]:
+    """(iterations completed, last validation accuracy, warning messages) from one read of metrics.jsonl."""
     rows = read_jsonl(run_dir / "metrics.jsonl")
     acc = [r["acc"] for r in rows if r.get("kind") == "eval" and r.get("split") == "validation"]
-    return (rows[-1]["iteration"] if rows else 0), (acc[-1] if acc else None)
+    warn = [r["message"] for r in rows if r.get("kind") == "warning"]
+    return (rows[-1]["iteration"] if rows else 0), (acc[-1] if acc else None), warn
 
 
 def live_line(run_dir: Path, total: int, running_s: float) -> tuple[str, float | None, float | None]:
@@ -131,11 +132,9 @@ def status_lines(runs, out: Path) -> list[str]:
         bad = [d for d in r.depends_on if states.get(d) in ("failed", "cancelled")]
         if bad and s["state"] in ("failed", "cancelled") and not s["error"]:
             s["error"] = f"never ran: {bad[0]}, which it starts from, did not finish"
-        it, acc = progress(out / r.id)
-        warn = [w for w in read_jsonl(out / r.id / "metrics.jsonl") if w.get("kind") == "warning"]
+        it, acc, warn = progress(out / r.id)
         if warn:
-            s["detail"] = "; ".join(x for x in (s["detail"], f"{len(warn)} warning(s), last: {warn[-1]['message']}")
-                                    if x)
+            s["detail"] = "; ".join(x for x in (s["detail"], f"{len(warn)} warning(s), last: {warn[-1]}") if x)
         lines.append(f"{r.id:<{width}}  {s['state']:<9} {s['job_id'] or '-':<10} "
                      f"{f'{it}/{r.cfg.train.iterations}':>9}  {'-' if acc is None else f'{acc:.3f}':>7}  {s['log']}")
         more = [x for x in (s["detail"], s["error"] and f"error: {s['error']}") if x]
