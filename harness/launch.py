@@ -1,8 +1,9 @@
-"""Executors: run a sweep's pending runs through submitit, respecting dependencies (RL runs wait for their SFT run).
+"""Executors: run a sweep's pending runs, respecting dependencies (RL runs wait for their SFT run).
 
-`local` runs each run in its own subprocess, at most `workers` at a time, with cores // workers torch threads each
-(oversubscribing the cores halves throughput); `debug` runs them one by one in this process (pdb-friendly).
-`slurm` submits them to a cluster: harness/slurm.py.
+`local` trains them in `workers` long-lived processes (harness/workers.py), one run at a time each, with
+cores // workers torch threads each (oversubscribing the cores halves throughput); `debug` runs them one by one in
+this process through submitit's DebugExecutor (pdb-friendly). `slurm` submits them to a cluster through submitit:
+harness/slurm.py.
 """
 from __future__ import annotations
 
@@ -18,32 +19,13 @@ from pathlib import Path
 import submitit
 import yaml
 
-from harness import gate
+from harness import gate, workers as worker_pool
 from harness.metrics import atomic_write, lock_holder, read_json, write_status
 from harness.run import execute
 from harness.status import live_line
 
 
 GRACE_S = 120          # how long a stopped sweep waits for its runs to reach an iteration boundary
-
-
-def local_run(run_dir: str, threads: int) -> str:
-    """What a local job runs: harness.run.execute, ending at the next iteration boundary with a checkpoint
-    ("stopped") when the sweep passes on a Ctrl-C/SIGTERM (SIGINT, SIGTERM); a second signal interrupts at once.
-    A terminal's Ctrl-C reaches the run directly and through the sweep: signals within 2 s count as one."""
-    asked: list[float] = []
-
-    def handler(signum, frame):
-        if asked and time.time() - asked[0] > 2:
-            raise KeyboardInterrupt
-        asked.append(time.time())
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return execute(run_dir, threads, stop=lambda: bool(asked))
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _threads(workers: int) -> int:
@@ -68,8 +50,11 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
     """Execute `runs` (harness.config.Run, in dependency order). Returns {run id: final state}."""
     workers = 1 if executor == "debug" else workers
     threads = _threads(workers)
-    ex = submitit.AutoExecutor(folder=fresh_log_dir(out) / "%j", cluster=executor)
-    ex.update_parameters(timeout_min=max(r.cfg.resources.time_min for r in runs) * 10)   # local: a safety net only
+    log_dir = fresh_log_dir(out).resolve()
+    if executor == "local":
+        pool = worker_pool.Pool(min(workers, len(runs)), threads, log_dir)
+    else:
+        pool, ex = None, submitit.AutoExecutor(folder=log_dir / "%j", cluster=executor)
     ids = {r.id for r in runs}
     pending = list(runs)
     running: dict[str, tuple] = {}
@@ -106,7 +91,7 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
                     say(f"[sweep] busy     {r.id}: being trained by {holder}; left alone")
                     continue
                 write_status(run_dir, "queued", executor=executor)
-                job = ex.submit(local_run if executor == "local" else execute, str(run_dir), threads)
+                job = pool.submit(str(run_dir), r.id) if pool else ex.submit(execute, str(run_dir), threads)
                 atomic_write(run_dir / "job.json", json.dumps(
                     {"job_id": str(job.job_id), "executor": executor, "log": str(job.paths.stdout),
                      "stderr": str(job.paths.stderr), "submitted": time.time()}, indent=1))
@@ -136,6 +121,9 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
     except KeyboardInterrupt:                   # Ctrl-C, SIGTERM, SIGHUP (harness.sweep): stop every run cleanly
         stop_running(running, out, say)
         raise
+    finally:
+        if pool:
+            pool.close()
     return states
 
 
@@ -201,9 +189,8 @@ class Watch:
 def stop_running(running: dict, out: Path, log) -> None:
     """Ask every running run to stop at its next iteration boundary (it checkpoints and ends "stopped"), wait up to
     GRACE_S (a second Ctrl-C: stop now), then kill what is left: no run keeps training after the sweep has gone.
-    The runs are signalled directly (SIGTERM to the pid in their status.json): submitit's local controller between
-    the sweep and a run kills its task a second after a SIGINT, and ignores SIGINT altogether when the sweep was
-    started in the background (`cmd &` starts with SIGINT ignored)."""
+    The runs are signalled directly (SIGTERM to the pid in their status.json): SIGINT is ignored altogether when the
+    sweep was started in the background (`cmd &` starts with SIGINT ignored, and so do its children)."""
     log(f"[sweep] stopping {len(running)} running run(s) at their next iteration boundary (up to {GRACE_S} s; "
         f"Ctrl-C again to stop them at once)")
     pids = {rid: _run_pid(out / rid) for rid in running}
@@ -213,7 +200,7 @@ def stop_running(running: dict, out: Path, log) -> None:
             if pids[rid] and not job.done():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pids[rid], sig)
-    signal_runs(signal.SIGTERM)                          # local_run's stop flag
+    signal_runs(signal.SIGTERM)                          # workers.local_run's stop flag
     deadline = time.time() + GRACE_S
     try:
         while time.time() < deadline and not all(job.done() for job, _ in running.values()):
@@ -226,10 +213,6 @@ def stop_running(running: dict, out: Path, log) -> None:
         time.sleep(2)
     signal_runs(signal.SIGKILL)
     for rid, (job, _) in running.items():
-        proc = getattr(job, "_process", None)            # submitit's controller process
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
         if read_json(out / rid / "status.json", {}).get("state") not in ("stopped", "done"):
             write_status(out / rid, "stopped", error="interrupted mid-iteration; resumes from its last checkpoint")
     log(f"[sweep] stopped; submit the sweep again to resume the runs from their last checkpoint")

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", help="sweep YAML (see experiments/)")
     p.add_argument("--executor", choices=["local", "debug", "slurm"], default=None,
-                   help="local (default): subprocesses, --workers at a time; debug: one by one in this process; "
+                   help="local (default): --workers long-lived processes, one run at a time each; debug: one by one in this process; "
                         "slurm: job arrays on a cluster (needs --cluster)")
     p.add_argument("--cluster", metavar="PROFILE", help="SLURM cluster profile, e.g. slurm/example-academic.yaml "
                                                         "(implies --executor slurm)")
