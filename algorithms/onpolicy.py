@@ -2,7 +2,9 @@
 how the per-token advantage column of the batch is filled (critic + GAE, MC step values, group mean, leave-one-out).
 
 collect: sample `prompts_per_iteration` x `samples_per_prompt` responses, grade them (unfinished = 0), compute the
-         old and reference log-probs, then the subclass's advantages.
+         old and reference log-probs, then the subclass's advantages. The first minibatch trains on the weights that
+         sampled it, so its old log-probs are its own training pass's, detached (ratio exactly 1, as TRL does with
+         one update per batch): the separate old-log-prob pass covers only the other minibatches' rows.
 update:  `epochs` passes over the batch in shuffled minibatches of `batch_size` sequences:
          clipped surrogate (token mean) + kl_coef * k3 KL to the reference (clamped per token, summed over a
          sequence's tokens, averaged over sequences), no entropy bonus, advantages whitened over the batch
@@ -16,6 +18,7 @@ import torch
 
 from algorithms.base import Algorithm
 from algorithms.losses import clipped_surrogate, k3_kl, masked_mean, masked_whiten
+from harness import dist
 from harness.models import frozen_copy
 
 
@@ -47,7 +50,16 @@ class OnPolicy(Algorithm):
         batch = self.pad(seq_prompts, [x.token_ids for x in samples])
         batch.update(samples=samples, problems=problems, prompts=prompts, iteration=iteration,
                      rewards=torch.tensor(rewards), groups=torch.tensor([x.prompt_index for x in samples]))
-        batch["old_logp"] = self.logprobs_batched(self.policy, batch, self.temperature)
+        batch["orders"] = self.minibatch_orders(iteration, len(samples))
+        first = batch["orders"][0][:self.cfg.train.batch_size]
+        rest = torch.ones(len(samples), dtype=torch.bool)
+        rest[first] = False
+        rest = rest.nonzero().squeeze(-1)
+        batch["old_logp"] = torch.zeros_like(batch["mask"])
+        if len(rest):
+            batch["old_logp"][rest] = self.map_rows(
+                lambda rows: self.logprobs(self.policy, batch, self.temperature, rest[rows]), len(rest))
+        batch["own_old_rows"] = first                   # filled in by the first minibatch's training pass
         if self.ref is not None:
             batch["ref_logp"] = self.logprobs_batched(self.ref, batch, self.temperature)
         batch["adv"] = self.advantages(batch) * batch["mask"]
@@ -57,6 +69,11 @@ class OnPolicy(Algorithm):
         """Per-token advantages [B, L-1] aligned with batch["mask"]. Subclasses fill this column."""
         raise NotImplementedError
 
+    def minibatch_orders(self, iteration: int, n: int) -> list[torch.Tensor]:
+        """Each epoch's shuffled row order (its minibatches are consecutive slices of batch_size rows)."""
+        gen = torch.Generator().manual_seed(self.seed(iteration, "minibatches"))
+        return [torch.randperm(n, generator=gen) for _ in range(self.cfg.train.epochs)]
+
     # --- update --------------------------------------------------------------------------------------------
     def update(self, batch: dict) -> dict[str, float]:
         t = self.cfg.train
@@ -64,11 +81,9 @@ class OnPolicy(Algorithm):
         whiten = self.whiten_default if t.whiten_advantages is None else t.whiten_advantages
         adv = masked_whiten(batch["adv"], mask) if whiten else batch["adv"]
         n = mask.shape[0]
-        gen = torch.Generator().manual_seed(self.seed(batch["iteration"], "minibatches"))
         sums: dict[str, float] = {}
         steps = 0
-        for _ in range(t.epochs):
-            order = torch.randperm(n, generator=gen)
+        for order in batch.get("orders") or self.minibatch_orders(batch["iteration"], n):
             for i in range(0, n, t.batch_size):
                 stats = self.train_minibatch(batch, adv, order[i:i + t.batch_size])
                 steps += 1
@@ -82,9 +97,15 @@ class OnPolicy(Algorithm):
         t, dev = self.cfg.train, self.device
         tokens = float(batch["mask"][rows].sum())
         agg = {"loss": 0.0, "pg_loss": 0.0, "kl_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0}
+        own = batch.pop("own_old_rows", None)          # the first minibatch: no update since sampling (collect)
+        assert own is None or torch.equal(own, rows), "the first minibatch trained must be collect's first"
+        filled = []
         for mrows, w_pad in self.micro_batches(rows):
             mask = batch["mask"][mrows].to(dev)
             logp = self.logprobs(self.trainer.model, batch, self.temperature, mrows, grad=True)
+            if own is not None:
+                batch["old_logp"][mrows] = logp.detach().cpu().to(batch["old_logp"].dtype)
+                filled.append((mrows, batch["old_logp"][mrows]))
             pg, st = clipped_surrogate(logp, batch["old_logp"][mrows].to(dev), adv[mrows].to(dev), mask, t.clip_eps)
             kl = torch.zeros(())
             if self.ref is not None:
@@ -100,6 +121,9 @@ class OnPolicy(Algorithm):
                             ("clip_frac", st["clip_frac"], w_tok), ("ratio", st["ratio"], w_tok)):
                 agg[k] += float(v.detach()) * w
         agg = self.all_sum(agg)                         # data parallel: each process summed its share
+        if own is not None and dist.world() > 1:         # every process needs every row's (batch_metrics' KL)
+            for r, lp in (p for ps in dist.all_gather(filled) for p in ps):
+                batch["old_logp"][r] = lp
         agg["grad_norm"] = self.trainer.step()
         agg["lr"] = self.trainer.lr
         self.counts["grad_steps"] += 1

@@ -135,6 +135,33 @@ def test_advantage_column_on_a_hand_built_batch(name, char_tok):
         assert all(v == 0 for v in row[:plen - 1] + row[plen - 1 + n:])              # nothing else
 
 
+def test_the_first_minibatch_takes_its_old_log_probs_from_its_own_training_pass(char_tok, monkeypatch):
+    """collect runs the old-log-prob pass only on the rows outside the first minibatch (that one trains on the weights
+    that sampled it); after the update every row holds the pre-update policy's log-probs, and the first minibatch's
+    ratio is exactly 1 while later minibatches' is not."""
+    import algorithms.onpolicy as onpolicy
+    algo, _ = build("grpo", char_tok, train={"batch_size": 8, "micro_batch_size": 4, "epochs": 2, "kl_coef": 0.1})
+    ratios, real = [], onpolicy.clipped_surrogate
+
+    def spy(*a):
+        out = real(*a)
+        ratios.append(float(out[1]["ratio"].detach()))
+        return out
+    monkeypatch.setattr(onpolicy, "clipped_surrogate", spy)
+    batch = algo.collect(0)
+    full = algo.logprobs_batched(copy.deepcopy(algo.policy), batch, algo.temperature)
+    mask, first = batch["mask"], batch["own_old_rows"]
+    rest = torch.tensor([i for i in range(len(mask)) if i not in first.tolist()])
+    assert len(first) == 8 and (batch["old_logp"][first] == 0).all()             # not computed in collect
+    assert torch.equal(batch["old_logp"][rest], full[rest])
+    before = params(algo.policy)
+    algo.update(batch)
+    assert not same(before, params(algo.policy))
+    assert torch.allclose(batch["old_logp"] * mask, full * mask, atol=1e-5)       # as one full pass before
+    assert len(ratios) == 8 and ratios[:2] == [1.0, 1.0]                          # 2 epochs x 2 minibatches x 2
+    assert all(abs(r - 1) > 1e-7 for r in ratios[2:])
+
+
 @pytest.mark.parametrize("name,whiten_cfg,whitened", [("grpo", None, False), ("rloo", None, False),
                                                       ("grpo", True, True), ("rloo", True, True)])
 def test_whitening_default_per_algorithm(name, whiten_cfg, whitened, char_tok):
