@@ -130,25 +130,29 @@ class Algorithm:
         self.trainers[name] = build_trainer(self.cfg, model, lr or self.cfg.train.lr, max(1, self.total_steps()))
         return self.trainers[name]
 
-    def micro_batches(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+    def micro_batches(self, rows: torch.Tensor,
+                      lengths: torch.Tensor | None = None) -> list[tuple[torch.Tensor, float]]:
         """`rows` (a minibatch's row indices) as (micro-batch rows, weight 1.0) pairs of train.micro_batch_size.
+        With `lengths` (every batch row's sequence length) rows of similar length share a micro-batch, longest first,
+        which the forward passes trim to its longest row: less padding, the same sums.
         Data parallel (several processes): this process's share, rows[rank::world]; every process gets the same
         number of micro-batches because ZeRO communicates inside forward/backward, so a process short of rows
         repeats one with weight 0 (its passes are real work and are counted as such)."""
         mb, W = self.cfg.train.micro_batch_size, dist.world()
+        if lengths is not None:
+            rows = rows[torch.argsort(lengths[rows], descending=True, stable=True)]
         share = rows[dist.rank()::W]
         per_process = -(-len(rows) // W)                       # ceil: the largest share
         n_micro = -(-per_process // mb)
         chunks = [share[i * mb:(i + 1) * mb] for i in range(n_micro)]
         return [(c, 1.0) if len(c) else (rows[:1], 0.0) for c in chunks]
 
-    def map_rows(self, fn, n: int) -> torch.Tensor:
-        """torch.cat([fn(rows) for every micro-batch of rows 0..n-1]) on the CPU, where batches live (micro-batches
-        move to the device when used); data parallel: each process computes its share, results all-gathered."""
-        parts = [(rows, fn(rows).cpu()) for rows, w in self.micro_batches(torch.arange(n)) if w]
-        if dist.world() == 1:
-            return torch.cat([out for _, out in parts])
-        gathered = [p for ps in dist.all_gather(parts) for p in ps]
+    def map_rows(self, fn, n: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """fn(rows) for every micro-batch of rows 0..n-1 (grouped by `lengths`, as micro_batches), put together in
+        row order on the CPU, where batches live (micro-batches move to the device when used); data parallel: each
+        process computes its share, results all-gathered."""
+        parts = [(rows, fn(rows).cpu()) for rows, w in self.micro_batches(torch.arange(n), lengths) if w]
+        gathered = parts if dist.world() == 1 else [p for ps in dist.all_gather(parts) for p in ps]
         out = torch.empty((n,) + gathered[0][1].shape[1:], dtype=gathered[0][1].dtype)
         for rows, o in gathered:
             out[rows] = o
@@ -175,17 +179,31 @@ class Algorithm:
 
     def logprobs(self, model, batch: dict, temperature: float, rows=None, grad: bool = False) -> torch.Tensor:
         """Token log-probs [b, L-1] of the batch's targets (rows = a subset of rows, e.g. a micro-batch)."""
-        ids, attn = batch["input_ids"], batch["attention_mask"]
-        if rows is not None:
-            ids, attn = ids[rows], attn[rows]
+        ids, attn, L = *trim(batch, rows), batch["input_ids"].shape[1]
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx, self.autocast():
             logits = model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits[:, :-1]
         self.counts["train_tokens" if grad else "forward_tokens"] += int(attn.sum())
-        return token_logprobs(logits, ids[:, 1:].to(self.device), temperature)
+        return pad_columns(token_logprobs(logits, ids[:, 1:].to(self.device), temperature), L - 1)
 
     def logprobs_batched(self, model, batch: dict, temperature: float) -> torch.Tensor:
-        return self.map_rows(lambda rows: self.logprobs(model, batch, temperature, rows), len(batch["input_ids"]))
+        return self.map_rows(lambda rows: self.logprobs(model, batch, temperature, rows), len(batch["input_ids"]),
+                             batch["attention_mask"].sum(-1))
+
+
+def trim(batch: dict, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask of `rows`, without the trailing columns that are padding in every one of them
+    (right padding: positions are unchanged, so every real token's output is too)."""
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    if rows is not None:
+        ids, attn = ids[rows], attn[rows]
+    n = int(attn.any(0).nonzero().max()) + 1
+    return ids[:, :n], attn[:, :n]
+
+
+def pad_columns(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[b, n] -> [b, width] with zeros on the right: a trimmed pass's output aligned with the batch's columns."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
 def token_char_offsets(tokenizer, ids: list[int]) -> list[int]:

@@ -58,7 +58,8 @@ class OnPolicy(Algorithm):
         batch["old_logp"] = torch.zeros_like(batch["mask"])
         if len(rest):
             batch["old_logp"][rest] = self.map_rows(
-                lambda rows: self.logprobs(self.policy, batch, self.temperature, rest[rows]), len(rest))
+                lambda rows: self.logprobs(self.policy, batch, self.temperature, rest[rows]), len(rest),
+                batch["attention_mask"][rest].sum(-1))
         batch["own_old_rows"] = first                   # filled in by the first minibatch's training pass
         if self.ref is not None:
             batch["ref_logp"] = self.logprobs_batched(self.ref, batch, self.temperature)
@@ -100,7 +101,7 @@ class OnPolicy(Algorithm):
         own = batch.pop("own_old_rows", None)          # the first minibatch: no update since sampling (collect)
         assert own is None or torch.equal(own, rows), "the first minibatch trained must be collect's first"
         filled = []
-        for mrows, w_pad in self.micro_batches(rows):
+        for mrows, w_pad in self.micro_batches(rows, batch["attention_mask"].sum(-1)):
             mask = batch["mask"][mrows].to(dev)
             logp = self.logprobs(self.trainer.model, batch, self.temperature, mrows, grad=True)
             if own is not None:

@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from algorithms import register
-from algorithms.base import derive_seed
+from algorithms.base import derive_seed, pad_columns, trim
 from algorithms.losses import clipped_value_loss, gae, masked_mean
 from algorithms.onpolicy import OnPolicy
 
@@ -51,18 +51,16 @@ class PPO(OnPolicy):
         self.critic_trainer = self.make_trainer(self.critic, self.opts.critic_lr, name="critic")
 
     def values(self, batch: dict, rows=None, grad: bool = False) -> torch.Tensor:
-        ids, attn = batch["input_ids"], batch["attention_mask"]
-        if rows is not None:
-            ids, attn = ids[rows], attn[rows]
+        ids, attn = trim(batch, rows)
         with (torch.enable_grad() if grad else torch.no_grad()), self.autocast():
             critic = self.critic_trainer.model if grad else self.critic   # training passes: via the trainer
             v = critic(ids.to(self.device), attn.to(self.device))
         self.counts["train_tokens" if grad else "forward_tokens"] += int(attn.sum())
-        return v
+        return pad_columns(v, batch["input_ids"].shape[1] - 1)
 
     def advantages(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]
-        values = self.map_rows(lambda rows: self.values(batch, rows), len(mask)) * mask
+        values = self.map_rows(lambda rows: self.values(batch, rows), len(mask), batch["attention_mask"].sum(-1)) * mask
         rewards = torch.zeros_like(mask)
         last = (mask.cumsum(-1) * mask).argmax(-1)          # index of each row's last response token
         rewards[torch.arange(len(mask)), last] = batch["rewards"]
@@ -74,7 +72,7 @@ class PPO(OnPolicy):
         stats = super().train_minibatch(batch, adv, rows)
         tokens = float(batch["mask"][rows].sum())
         vloss_total = 0.0
-        for mrows, w_pad in self.micro_batches(rows):
+        for mrows, w_pad in self.micro_batches(rows, batch["attention_mask"].sum(-1)):
             mask = batch["mask"][mrows].to(self.device)
             v = self.values(batch, mrows, grad=True)
             vloss = clipped_value_loss(v, batch["old_values"][mrows].to(self.device),

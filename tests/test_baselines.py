@@ -162,6 +162,34 @@ def test_the_first_minibatch_takes_its_old_log_probs_from_its_own_training_pass(
     assert all(abs(r - 1) > 1e-7 for r in ratios[2:])
 
 
+@pytest.mark.parametrize("name", ["grpo", "ppo"])
+def test_length_grouped_trimmed_micro_batches_give_the_one_micro_batch_update(name, char_tok):
+    """Micro-batches of rows of similar length, each trimmed to its longest row, sum to the same update as the whole
+    minibatch in one padded pass (policy and critic), and a trimmed pass's log-probs are the padded pass's."""
+    from algorithms.base import trim
+    runs = {}
+    for mb in (16, 3):
+        algo, _ = build(name, char_tok, train={"batch_size": 16, "micro_batch_size": mb, "kl_coef": 0.1})
+        batch = algo.collect(0)
+        lengths = batch["attention_mask"].sum(-1)
+        assert len(set(lengths.tolist())) > 2                                      # rows of several lengths
+        if mb == 3:
+            chunks = [r for r, _ in algo.micro_batches(torch.arange(16), lengths)]
+            assert [len(r) for r in chunks] == [3, 3, 3, 3, 3, 1]
+            assert all(lengths[a].min() >= lengths[b].max() for a, b in zip(chunks, chunks[1:]))   # longest first
+            assert trim(batch, chunks[-1])[0].shape[1] < batch["input_ids"].shape[1]                # trimmed
+            lp = algo.logprobs(algo.policy, batch, 1.0, chunks[-1])
+            wide = {**batch, "input_ids": torch.nn.functional.pad(batch["input_ids"], (0, 5)),
+                    "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, 5))}
+            full = algo.logprobs(algo.policy, wide, 1.0, chunks[-1])[:, :lp.shape[1]]
+            m = batch["mask"][chunks[-1]]
+            assert lp.shape == m.shape and torch.allclose(lp * m, full * m, atol=1e-5)
+        algo.update(batch)
+        runs[mb] = params(algo.policy) + (params(algo.critic) if name == "ppo" else [])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(runs[16], runs[3]))
+    assert not same(runs[16], params(build(name, char_tok)[0].policy))                 # it did train
+
+
 @pytest.mark.parametrize("name,whiten_cfg,whitened", [("grpo", None, False), ("rloo", None, False),
                                                       ("grpo", True, True), ("rloo", True, True)])
 def test_whitening_default_per_algorithm(name, whiten_cfg, whitened, char_tok):
