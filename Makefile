@@ -5,13 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 VENV_VLLM ?= .venv-vllm
+VENV_TRL ?= .venv-trl
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # DeepSpeed compiles its CPU ops on first use (~1 min each); keep them between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup setup-deepspeed tiny test test-fast test-vllm bench clean
+.PHONY: setup setup-deepspeed tiny test test-fast test-vllm bench bench-trl clean
 
 setup: $(VENV)/.installed
 
@@ -56,5 +57,18 @@ test-vllm: $(VENV_VLLM)/.installed
 bench: setup
 	$(PY) benchmarks/iteration_time.py
 
+# The harness's GRPO next to TRL's GRPOTrainer (benchmarks/trl_grpo.py): TRL in its own environment, not a project
+# dependency; the bench's model is built once by its make_tiny.py (60 s of SFT).
+$(VENV_TRL)/.installed: constraints.txt
+	$(PYTHON) -m venv $(VENV_TRL)
+	$(VENV_TRL)/bin/python -m pip install -q -U pip
+	$(VENV_TRL)/bin/python -m pip install -q -c constraints.txt trl==1.16.0
+	touch $@
+
+bench-trl: setup $(VENV_TRL)/.installed
+	test -f benchmarks/trl_bench/tiny_sft/config.json || (cd benchmarks/trl_bench && \
+		$(CURDIR)/$(VENV_TRL)/bin/python make_tiny.py --out tiny_sft --sft-seconds 60 --seed 0)
+	$(PY) benchmarks/trl_grpo.py --model benchmarks/trl_bench/tiny_sft --trl-python $(VENV_TRL)/bin/python --rounds 5
+
 clean:
-	rm -rf $(VENV) $(VENV_VLLM) results/*/
+	rm -rf $(VENV) $(VENV_VLLM) $(VENV_TRL) results/*/
