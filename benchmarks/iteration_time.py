@@ -30,7 +30,7 @@ def measure(cfg, start: Path, iterations: int, attn: str | None) -> dict:
     task = tasks.get(cfg.task["name"])(tasks.get(cfg.task["name"]).Config(**cfg.task))
     update = {"init_run": None, "path": str(start)} | ({"attn_implementation": attn} if attn else {})
     tok, policy = models.load(cfg.model.model_copy(update=update))
-    engine = HFEngine(policy, tok, cfg.engine.chunk_size, progress=False)
+    engine = HFEngine(policy, tok, cfg.engine.chunk_size, progress=False, attn=attn or cfg.engine.attn_implementation)
     algo = algorithms.get(cfg.algorithm)(cfg, policy, tok, engine, task)
     rows = []
     for it in range(iterations + 1):
@@ -78,7 +78,8 @@ def main() -> int:
         shares = "  ".join(f"{k} {m[k]:.2f}s ({100 * m[k] / m['total']:.0f}%)"
                            for k in ("generate", "mc_rollouts", "other", "train"))
         print(f"{n:>8}: {m['total']:.2f} s/iter ({spread})   {shares}   ({a.threads} threads, "
-              f"{a.attn or 'default'} attention, median of {a.repeats} rounds x {a.iterations} iterations)")
+              f"attention {a.attn or cfgs[n].model.attn_implementation or 'sdpa'} (training), "
+              f"{a.attn or cfgs[n].engine.attn_implementation or 'same'} (decoding), median of {a.repeats} rounds x {a.iterations} iterations)")
     if "ppo" in med and "vineppo" in med:
         ratios = sorted(v["total"] / p["total"] for v, p in zip(rounds["vineppo"], rounds["ppo"]))
         print(f"VinePPO / PPO time per iteration: {statistics.median(ratios):.2f}x, median of the {a.repeats} rounds' "

@@ -208,6 +208,7 @@ def test_tiny_sweep_runs_with_deepspeed(tmp_path):
     ("backend: {name: megatron}", ["backend.name", "megatron"]),
     ("engine: {name: hf, gpu_memory_utilization: 0.5}", ["engine.gpu_memory_utilization applies to engine.name: vllm"]),
     ("engine: {name: vllm, dtype: fp8}", ["engine.dtype", "fp8"]),
+    ("engine: {name: vllm, attn_implementation: eager}", ["engine.attn_implementation applies to engine.name: hf"]),
 ])
 def test_backend_and_engine_mistakes_are_named(tmp_path, patch, needles):
     (tmp_path / "s.yaml").write_text(textwrap.dedent(f"""

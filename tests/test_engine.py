@@ -27,6 +27,28 @@ def test_greedy_matches_transformers_generate(char_tok):
         assert s.text == char_tok.decode(s.token_ids, skip_special_tokens=True)
 
 
+def test_decoding_attention_is_the_engines_and_training_keeps_the_models(char_tok, monkeypatch):
+    """engine.attn_implementation: eager while decoding an sdpa model gives the same greedy tokens as sdpa, and the
+    model is back on sdpa afterwards (training passes), also when generation fails."""
+    eng = engine(char_tok)
+    eng.model.set_attn_implementation("sdpa")
+    prompts = [eng.encode_prompt(p) for p in PROMPTS]
+    plain = eng.generate(prompts, n=1, temperature=0.0, max_new_tokens=12)
+    seen = []
+    real = eng._decode_chunk
+    monkeypatch.setattr(eng, "_decode_chunk", lambda *a: seen.append(eng.model.config._attn_implementation)
+                        or real(*a))
+    eng.attn = "eager"
+    mixed = eng.generate(prompts, n=1, temperature=0.0, max_new_tokens=12)
+    assert seen == ["eager"] and eng.model.config._attn_implementation == "sdpa"
+    assert eng.model.model.layers[0].self_attn.config._attn_implementation == "sdpa"
+    assert [x.token_ids for x in mixed] == [x.token_ids for x in plain]
+    monkeypatch.setattr(eng, "_decode_chunk", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        eng.generate(prompts, n=1, temperature=0.0, max_new_tokens=12)
+    assert eng.model.config._attn_implementation == "sdpa"
+
+
 def test_shared_prefix_prefill_matches_separate_generation(char_tok):
     eng = engine(char_tok, chunk=5)
     base = eng.encode_prompt("3a+4b*2=")

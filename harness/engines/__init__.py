@@ -17,5 +17,6 @@ def build(cfg, policy, tokenizer):
         from harness.engines.hf import HFEngine
         from harness.models import frozen_copy
         own_copy = cfg.backend.name == "deepspeed" and cfg.backend.zero_stage == 3
-        engine = HFEngine(frozen_copy(policy) if own_copy else policy, tokenizer, e.chunk_size, cfg.progress)
+        engine = HFEngine(frozen_copy(policy) if own_copy else policy, tokenizer, e.chunk_size, cfg.progress,
+                          e.attn_implementation)
     return dist.ShardedEngine(engine) if dist.world() > 1 else engine

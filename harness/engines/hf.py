@@ -139,9 +139,10 @@ def finish_sample(tokenizer, prompt_index: int, ids: list[int], stop: tuple[str,
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, chunk_size: int = 1024, progress: bool = True):
+    def __init__(self, model, tokenizer, chunk_size: int = 1024, progress: bool = True, attn: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.chunk_size, self.progress = chunk_size, progress
+        self.attn = attn            # attention while decoding; the model's own is restored for training
         self.stats = EngineStats()
 
     def sync(self, model) -> None:
@@ -172,21 +173,27 @@ class HFEngine:
         rows.sort(key=lambda r: prompts[r[0]])
         gen = torch.Generator(next(self.model.parameters()).device).manual_seed(seed)   # on the logits' device
         out: dict[tuple[int, int], Sample] = {}
-        was_training = self.model.training
+        was_training, attn = self.model.training, self.model.config._attn_implementation
         self.model.eval()
+        if self.attn and self.attn != attn:
+            self.model.set_attn_implementation(self.attn)
         bar = tqdm(total=len(rows), desc=tag, unit="seq", disable=not self.progress or len(rows) < 2048,
                    mininterval=2, leave=False)
-        for c in range(0, len(rows), self.chunk_size):
-            chunk = rows[c:c + self.chunk_size]
-            toks = self._decode_chunk([prompts[i] for i, _ in chunk], [budgets[i] for i, _ in chunk],
-                                      temperature, top_p, stop, gen)
-            for (i, j), t in zip(chunk, toks):
-                out[(i, j)] = self._finish(i, t, stop)
-            bar.update(len(chunk))
-            self.stats.prompt_tokens[tag] += sum(len(prompts[i]) for i, _ in chunk)
-            self.stats.new_tokens[tag] += sum(len(t) for t in toks)
-        bar.close()
-        self.model.train(was_training)
+        try:
+            for c in range(0, len(rows), self.chunk_size):
+                chunk = rows[c:c + self.chunk_size]
+                toks = self._decode_chunk([prompts[i] for i, _ in chunk], [budgets[i] for i, _ in chunk],
+                                          temperature, top_p, stop, gen)
+                for (i, j), t in zip(chunk, toks):
+                    out[(i, j)] = self._finish(i, t, stop)
+                bar.update(len(chunk))
+                self.stats.prompt_tokens[tag] += sum(len(prompts[i]) for i, _ in chunk)
+                self.stats.new_tokens[tag] += sum(len(t) for t in toks)
+        finally:
+            bar.close()
+            self.model.train(was_training)
+            if self.model.config._attn_implementation != attn:      # training keeps the model's own attention
+                self.model.set_attn_implementation(attn)
         self.stats.seconds[tag] += time.perf_counter() - t0
         return [out.get((i, j)) or Sample(i, [], "", False) for i in range(len(prompts)) for j in range(n)]
 
