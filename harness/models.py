@@ -48,7 +48,7 @@ def load(mcfg, seed: int = 0):
     if mcfg.init == "tiny":
         tok = char_tokenizer()
         model = tiny_llama(tok, mcfg.hidden_size, mcfg.layers, mcfg.heads, mcfg.intermediate_size,
-                           mcfg.max_positions, seed)
+                           mcfg.max_positions, seed).to(getattr(torch, mcfg.dtype))
         model.config._attn_implementation = attn
     else:
         src, kw = mcfg.source(), {}

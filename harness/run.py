@@ -31,6 +31,7 @@ import torch
 import algorithms
 from harness import dist, engines, gate, models, tasks
 from harness.tasks import grader
+from harness.backends import movement_stats
 from harness.config import RunConfig, load_run_config
 from harness.evaluate import evaluate
 from harness.metrics import MetricsLog, estimate_flops, read_json, run_done, run_lock, safe_load, write_status
@@ -227,6 +228,8 @@ class Runner:
             batch = self.algo.collect(it)
             t1 = time.perf_counter()
             stats = self.algo.update(batch)
+            for name, tr in self.algo.trainers.items():    # how far the steps moved each model (Stuck if not at all)
+                stats.update(movement_stats(name, tr, cfg, it + 1))
             self.check_health(it + 1, stats)
             t2 = time.perf_counter()
             self.sync_engine()

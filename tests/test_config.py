@@ -73,6 +73,12 @@ def test_expansion_ids_and_dependencies(tmp_path):
     (("name: t\n", "name: ..\n"), ["s.yaml", "name", "'..'"]),
     (("- name: sft", "- name: ../sft"), ["s.yaml", "name", "'../sft'"]),
     (("{algorithm: ppo}", "{algorithm: ppo, label: ../../../../elsewhere}"), ["s.yaml", "label", "elsewhere"]),
+    # optimizer steps on bf16 weights without an fp32 master copy: the policy would silently not move (issue 15)
+    (("{algorithm: ppo}", "{algorithm: ppo, model.dtype: bfloat16}"),
+     ["s.yaml", "groups[1] (rl)", "model.dtype bfloat16 with backend.name torch", "no fp32 master copy",
+      "model.dtype: float32 with train.precision: bf16", "bf16_weights: true", "allow_low_precision_weights"]),
+    (("{algorithm: ppo}", "{algorithm: ppo, model.dtype: float16, backend: {name: deepspeed}}"),
+     ["s.yaml", "model.dtype float16 with backend.name deepspeed (bf16_weights: false)"]),
 ])
 def test_bad_input_names_file_key_value(tmp_path, patch, needles):
     text = textwrap.dedent(GOOD).replace(*patch)
@@ -111,3 +117,39 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_sweep(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_sweep(write(tmp_path, "name: [unclosed"))
+
+
+def test_low_precision_weights_are_allowed_where_they_are_safe_or_asked_for(tmp_path):
+    for patch in ("model.dtype: bfloat16, backend: {name: deepspeed, bf16_weights: true}",   # fp32 master copy
+                  "model.dtype: bfloat16, train.allow_low_precision_weights: true"):         # explicitly asked
+        text = textwrap.dedent(GOOD).replace("{algorithm: ppo}", "{algorithm: ppo, %s}" % patch)
+        assert any(r.cfg.model.dtype == "bfloat16" for r in load_sweep(write(tmp_path, text))[1])
+    evaluate_only = textwrap.dedent(GOOD).replace("set: {algorithm: sft, train.iterations: 2}",
+                                                  "set: {algorithm: sft, train.iterations: 0, model.dtype: bfloat16}")
+    assert load_sweep(write(tmp_path, evaluate_only))[1][0].cfg.model.dtype == "bfloat16"    # no optimizer step
+
+
+def test_what_the_refusal_prevents_bf16_weights_barely_move_at_lr_1e6(char_tok):
+    """One SFT step at lr 1e-6 on the torch backend: bf16 weights (no master copy) keep most of their values, fp32
+    weights under bf16 autocast (what the refusal points to) change almost all of them."""
+    import algorithms
+    import torch
+    from harness.config import RunConfig
+    from harness.models import tiny_llama
+    from harness.tasks import get
+    T = get("arithmetic")
+    task = T(T.Config(n_train=64, n_validation=4, n_test=4))
+    changed = {}
+    for dtype, precision in (("bfloat16", "fp32"), ("float32", "bf16")):
+        cfg = RunConfig.model_validate({
+            "algorithm": "sft", "model": {"dtype": dtype},
+            "train": {"iterations": 1, "batch_size": 16, "lr": 1e-6, "schedule": "constant", "warmup_ratio": 0.0,
+                      "precision": precision, "allow_low_precision_weights": True}})
+        policy = tiny_llama(char_tok, 64, 2, 4, 128, seed=0).to(getattr(torch, dtype))
+        algo = algorithms.get("sft")(cfg, policy, char_tok, None, task)
+        algo.engine = type("E", (), {"encode_prompt": lambda self, t: [char_tok.bos_token_id] + algo.encode(t)})()
+        before = [p.detach().clone() for p in policy.parameters()]
+        algo.update(algo.collect(0))
+        diff = [(p.detach() != b) for p, b in zip(policy.parameters(), before)]
+        changed[dtype] = sum(int(d.sum()) for d in diff) / sum(d.numel() for d in diff)
+    assert changed["float32"] > 0.9 and changed["bfloat16"] < 0.2, changed         # measured: 1.0 and 0.021

@@ -54,6 +54,21 @@ def test_table1_matches_the_paper():
     assert len(seen) == 4 * 7
 
 
+@pytest.mark.parametrize("name", ["table1", "k_ablation"])
+def test_paper_sweeps_train_in_bf16_with_fp32_master_weights(name):
+    """The authors trained with DeepSpeed bf16 (bf16 weights, fp32 master copy): every run that takes optimizer
+    steps does the same, or holds fp32 weights under bf16 autocast (RestEM's torch backend has no master copy)."""
+    _, runs = load_sweep(ROOT / "experiments" / f"{name}.yaml")
+    trained = [r.cfg for r in runs if r.cfg.train.iterations > 0]
+    assert trained
+    for c in trained:
+        assert c.train.precision == "bf16" and not c.train.allow_low_precision_weights, c
+        if c.backend.name == "deepspeed":
+            assert c.backend.bf16_weights and c.model.dtype == "bfloat16", c
+        else:
+            assert c.algorithm == "restem" and c.model.dtype == "float32", c
+
+
 def test_k_ablation_matches_the_paper():
     _, runs = load_sweep(ROOT / "experiments" / "k_ablation.yaml")
     ks = sorted({r.cfg.algo["K"] for r in runs if r.cfg.algorithm == "vineppo"})

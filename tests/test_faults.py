@@ -257,3 +257,27 @@ def test_a_deleted_final_is_regenerated_from_the_last_checkpoint(tmp_path):
     (d / "metrics.jsonl").write_text("".join(lines[:1] + ["{garbage\n"] + lines[2:]))
     st = run_state(d)
     assert st["state"] == "damaged" and "metrics.jsonl line 2 unreadable" in st["detail"]
+
+
+def test_training_rows_say_how_far_each_step_moved_the_model(tmp_path):
+    from harness.metrics import read_jsonl
+    rows = [r for r in read_jsonl(finished_run(tmp_path) / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(rows) == 4 and all(0 < r["policy_update_rel"] < 0.1 and r["policy_changed"] > 0.9 for r in rows), rows
+
+
+@pytest.mark.parametrize("patch", ["lr: 1.0e-12", "lr: 1.0e-6, allow_low_precision_weights: true"])
+def test_a_policy_that_does_not_move_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, patch):
+    """Updates that round away (an lr below fp32's resolution; bf16 weights without a master copy at lr 1e-6):
+    after train.stuck_steps steps the run stops, names the cause, and its last checkpoint stays."""
+    from harness.backends import Stuck
+    from harness.metrics import read_jsonl
+    text = SFT.replace("checkpoint_every: 2}", f"checkpoint_every: 2, stuck_steps: 3, {patch}}}")
+    if "allow_low_precision" in patch:
+        text = text.replace("model: {", "model: {dtype: bfloat16, ")
+    _, d = prepare(tmp_path, text)
+    with pytest.raises(Stuck, match=r"iteration 3: after 3 optimizer steps only [\d.]+% of the policy's"):
+        execute(d, threads=1)
+    st = read_json(d / "status.json")
+    assert st["state"] == "failed" and "differ from its start" in st["error"]
+    assert safe_load(d / "checkpoints" / "latest.pt")["loop"]["iteration"] == 2
+    assert [r["iteration"] for r in read_jsonl(d / "metrics.jsonl") if r["kind"] == "train"] == [1, 2]
