@@ -53,8 +53,8 @@ class Movement:
     ||dtheta|| / ||theta|| and the fraction of sampled values that changed, and the fraction changed since the
     trainer was built (bf16 weights without a master copy change ~2% at lr 1e-6, fp32 weights ~100%)."""
 
-    def __init__(self, params):
-        self.params = [p for p in params if p.requires_grad]
+    def __init__(self, tensors):
+        self.params = list(tensors)
         self.start = self.sample()
         self.steps, self.rows = 0, []
 
@@ -122,7 +122,7 @@ class TorchTrainer:
         self.model, self.clip = model, tcfg.grad_clip
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **adamw_args(tcfg, lr))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(tcfg, total_steps))
-        self.movement = Movement(model.parameters())
+        self.movement = Movement(p for p in model.parameters() if p.requires_grad)
 
     @property
     def lr(self) -> float:
@@ -154,6 +154,16 @@ class TorchTrainer:
     @contextlib.contextmanager
     def full_model(self):
         yield self.model
+
+
+def _master_copy(opt) -> list[torch.Tensor] | None:
+    """The fp32 master weights a DeepSpeed bf16 optimizer keeps (ZeRO-0: FP16_UnfusedOptimizer / BF16_Optimizer,
+    ZeRO-1/2: this process's flat partition), or None."""
+    for name in ("fp32_groups_flat_partition", "single_partition_of_fp32_groups", "fp32_groups"):
+        groups = getattr(opt, name, None)
+        if groups:
+            return [t for g in groups for t in (g if isinstance(g, (list, tuple)) else [g])]
+    return None
 
 
 class DeepSpeedTrainer:
@@ -204,8 +214,11 @@ class DeepSpeedTrainer:
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
         # Training forwards go through the engine: ZeRO-3 counts micro-steps there (accumulate vs overwrite grads).
         self.model, self.module = self.engine, self.engine.module
-        # ZeRO-3 partitions the weights into its own flat buffers: the module's tensors do not show the update.
-        self.movement = Movement(self.module.parameters() if self.stage < 3 else [])
+        # bf16 mode: the fp32 master copy is what the optimizer moves (the bf16 weights change only when it crosses
+        # a bf16 step); ZeRO-3 partitions the weights into flat buffers the module's tensors do not show.
+        master = _master_copy(self.engine.optimizer) if bcfg.bf16_weights else None
+        self.movement = Movement(master if master else [p for p in self.module.parameters() if p.requires_grad]
+                                 if self.stage < 3 else [])
         self._norm = float("nan")
         if not native_clip:
             def clip(opt, args, kwargs):

@@ -235,3 +235,17 @@ def test_learning_rate_schedule_is_pinned():
     assert [g(s) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
     w = lr_factor(TrainConfig(warmup_ratio=0.2, schedule="wsd", decay_ratio=0.3), total=10)   # decays from step 7
     assert [round(w(s), 6) for s in range(11)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.666667, 0.333333, 0.0]
+
+
+def test_deepspeed_bf16_mode_moves_its_fp32_master_weights_at_lr_1e6(tmp_path):
+    """table1's precision (bf16 weights, fp32 master copy, ZeRO-0): every step at lr 1e-6 moves the master copy,
+    which is what the movement metrics and the Stuck check read (the bf16 weights themselves change only when the
+    master crosses a bf16 step)."""
+    from harness.run import execute
+    d = make_runs(tmp_path, "sft", "{name: deepspeed, zero_stage: 0, bf16_weights: true}", iters=2)[1]
+    text = (d / "config.yaml").read_text()
+    assert "lr: 0.001" in text and "dtype: float32" in text
+    (d / "config.yaml").write_text(text.replace("lr: 0.001", "lr: 1.0e-06").replace("dtype: float32", "dtype: bfloat16"))
+    assert execute(d, threads=1) == "done"
+    rows = train_rows(d)
+    assert len(rows) == 2 and all(r["policy_changed"] > 0.9 and 0 < r["policy_update_rel"] < 1e-4 for r in rows), rows
