@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from algorithms import register
 from algorithms.base import Algorithm
 from harness.evaluate import evaluate
+from harness.models import bump_weights_version
 
 
 def keep_correct(rewards: list[float], groups: list[int], max_per_problem: int, rng: random.Random) -> list[int]:
@@ -104,6 +105,7 @@ class RestEM(Algorithm):
     def update(self, batch: dict) -> dict[str, float]:
         t, it = self.cfg.train, batch["iteration"]
         self.policy.load_state_dict(self.start)               # ReST-EM: every iteration starts from the start
+        bump_weights_version(self.policy)
         self.plan = t.epochs * math.ceil(batch["kept"] / t.batch_size)
         self.trainer = self.make_trainer(self.policy)
         select_s0 = self.engine.stats.seconds.get("restem_select", 0.0)
@@ -124,6 +126,7 @@ class RestEM(Algorithm):
                 best = snapshot(self.policy)
         if chosen < trained:                                  # the last trained epoch was not chosen: go back
             self.policy.load_state_dict(best if chosen else self.start)
+            bump_weights_version(self.policy)
         self.trainers.pop("policy")                           # nothing of the optimizer outlives the iteration:
         self.trainer = None                                   # the checkpoint is the policy's weights alone
         steps = max(stats.pop("steps", 0), 1)

@@ -23,6 +23,7 @@ import torch
 
 from harness import dist
 from harness.metrics import safe_load
+from harness.models import bump_weights_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +135,7 @@ class TorchTrainer:
     def step(self) -> float:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.movement.around_step(self.opt.step)
+        bump_weights_version(self.model)
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return float(grad_norm)
@@ -148,6 +150,7 @@ class TorchTrainer:
     def load(self, path: Path) -> None:
         sd = safe_load(path / "state.pt", next(self.model.parameters()).device)
         self.model.load_state_dict(sd["model"])
+        bump_weights_version(self.model)
         self.opt.load_state_dict(sd["opt"])
         self.sched.load_state_dict(sd["sched"])
 
@@ -234,6 +237,7 @@ class DeepSpeedTrainer:
 
     def step(self) -> float:
         self.movement.around_step(self.engine.step)
+        bump_weights_version(self.module)
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None and (self.stage > 0 or self.engine.bfloat16_enabled()) else self._norm
 
@@ -248,6 +252,7 @@ class DeepSpeedTrainer:
                                                    load_lr_scheduler_states=True)
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {path}")
+        bump_weights_version(self.module)
 
     @contextlib.contextmanager
     def full_model(self):

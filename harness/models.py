@@ -93,6 +93,28 @@ def packaged_gguf(package: str, name: str | None = None) -> Path:
     return found[0]
 
 
+class StaleWeights(RuntimeError):
+    """An engine with its own copy of the weights asked to sample after the policy changed since its last sync."""
+
+
+def weights_version(model) -> int:
+    """How many times the harness changed this module's weights (optimizer steps, resets, loads): trainers and
+    resets bump it, engines that hold their own copy record it at sync and check it before sampling."""
+    return getattr(model, "_harness_weights_version", 0)
+
+
+def bump_weights_version(model) -> None:
+    model._harness_weights_version = weights_version(model) + 1
+
+
+def check_fresh(source, synced: int) -> None:
+    """Raise StaleWeights when `source` (the training policy) has changed since an engine copied version `synced`."""
+    if source is not None and weights_version(source) != synced:
+        raise StaleWeights(f"the engine holds the policy's weights of version {synced}, but the policy is at version "
+                           f"{weights_version(source)} (optimizer steps or a reset since the last sync): it would "
+                           f"sample from stale weights; call engine.sync(policy) first")
+
+
 def frozen_copy(model):
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():

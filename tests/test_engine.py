@@ -135,3 +135,30 @@ def test_sampler_draws_the_exact_distribution(temperature, top_p, nucleus_k):
     # Wilson-Hilferty: the chi-square quantile at 1 - 1e-4 (z = 3.72)
     crit = dof * (1 - 2 / (9 * dof) + 3.72 * (2 / (9 * dof)) ** 0.5) ** 3
     assert chi2 < crit, (chi2, crit, dof)
+
+
+def test_an_engine_holding_its_own_copy_refuses_to_sample_stale_weights(char_tok):
+    """Engines know which weights they hold: after an optimizer step (or a reset) and no sync, an engine with its own
+    copy raises instead of sampling the old policy; after sync() it samples again. The engine on the training model
+    itself never is stale."""
+    from harness.backends import TorchTrainer
+    from harness.config import TrainConfig
+    from harness.models import StaleWeights, bump_weights_version, frozen_copy
+    policy = tiny_llama(char_tok, hidden_size=32, layers=1, heads=2, intermediate_size=64, seed=3)
+    own, plain = HFEngine(frozen_copy(policy), char_tok, progress=False, source=policy), HFEngine(policy, char_tok,
+                                                                                                   progress=False)
+    prompts = [own.encode_prompt(p) for p in PROMPTS]
+    own.generate(prompts, n=1, temperature=0.0, max_new_tokens=4)
+    tr = TorchTrainer(policy, 1e-2, 10, TrainConfig())
+    tr.backward(policy(input_ids=torch.tensor([prompts[1]])).logits.square().mean())
+    tr.step()
+    with pytest.raises(StaleWeights, match="weights of version 0, but the policy is at version 1"):
+        own.generate(prompts, n=1, temperature=0.0, max_new_tokens=4)
+    plain.generate(prompts, n=1, temperature=0.0, max_new_tokens=4)              # samples the model it trains
+    own.sync(policy)
+    synced = own.generate(prompts, n=1, temperature=0.0, max_new_tokens=4)
+    assert [s.token_ids for s in synced] == [s.token_ids for s in plain.generate(prompts, n=1, temperature=0.0,
+                                                                                  max_new_tokens=4)]
+    bump_weights_version(policy)                                                   # e.g. RestEM's reset
+    with pytest.raises(StaleWeights):
+        own.generate(prompts, n=1, temperature=0.0, max_new_tokens=4)

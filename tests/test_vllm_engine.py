@@ -85,6 +85,11 @@ def test_engine_samples_the_synced_weights(setup, char_tok):
     after = greedy(hf, prompts)                                # the HF engine on the very weights just synced
     assert after == [target] * len(prompts)
     assert greedy(eng, prompts) == after                       # vLLM now follows the updated weights
+    from harness.models import StaleWeights, bump_weights_version
+    bump_weights_version(m)                                    # what a trainer's step (or RestEM's reset) does
+    with pytest.raises(StaleWeights, match="call engine.sync"):
+        greedy(eng, prompts)                                   # its copy is older than the policy: refused
+    eng.sync(m)
     s = eng.generate(prompts, n=16, temperature=1.0, max_new_tokens=12, seed=5)
     assert sum(x.text == TARGET and x.finished for x in s) / len(s) > 0.9
 

@@ -18,5 +18,5 @@ def build(cfg, policy, tokenizer):
         from harness.models import frozen_copy
         own_copy = cfg.backend.name == "deepspeed" and cfg.backend.zero_stage == 3
         engine = HFEngine(frozen_copy(policy) if own_copy else policy, tokenizer, e.chunk_size, cfg.progress,
-                          e.attn_implementation)
+                          e.attn_implementation, source=policy if own_copy else None)
     return dist.ShardedEngine(engine) if dist.world() > 1 else engine

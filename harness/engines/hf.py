@@ -18,6 +18,8 @@ from tqdm import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from harness.models import check_fresh, weights_version
+
 
 @dataclass
 class Sample:
@@ -139,10 +141,13 @@ def finish_sample(tokenizer, prompt_index: int, ids: list[int], stop: tuple[str,
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, chunk_size: int = 1024, progress: bool = True, attn: str | None = None):
+    def __init__(self, model, tokenizer, chunk_size: int = 1024, progress: bool = True, attn: str | None = None,
+                 source=None):
         self.model, self.tokenizer = model, tokenizer
         self.chunk_size, self.progress = chunk_size, progress
         self.attn = attn            # attention while decoding; the model's own is restored for training
+        # With its own copy (ZeRO-3): the training policy it copies, and the weights version it last copied.
+        self.source, self.synced = source, weights_version(source) if source is not None else 0
         self.stats = EngineStats()
 
     def sync(self, model) -> None:
@@ -154,6 +159,7 @@ class HFEngine:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 own[name].copy_(p)
+        self.synced = weights_version(model)
 
     def encode_prompt(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -166,6 +172,7 @@ class HFEngine:
                  tag: str = "generate") -> list[Sample]:
         """Sample `n` continuations of every prompt. Returns len(prompts) * n samples ordered by prompt, then by
         sample. `max_new_tokens` may be a per-prompt list (MC rollouts from deep prefixes get less budget)."""
+        check_fresh(self.source, self.synced)
         t0 = time.perf_counter()
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         rows = [(i, j) for i in range(len(prompts)) for j in range(n) if budgets[i] > 0]

@@ -24,6 +24,7 @@ import torch
 from algorithms.base import derive_seed
 from harness import dist
 from harness.engines.hf import EngineStats, Sample, finish_sample
+from harness.models import check_fresh, weights_version
 
 
 class VLLMEngine:
@@ -39,6 +40,7 @@ class VLLMEngine:
         self.vllm, self.tokenizer, self.progress, self.ecfg = vllm, tokenizer, progress, ecfg
         self.stats = EngineStats()
         self.sleeping: set[str] = set()   # vLLM memory tags currently released
+        self.source, self.synced = policy, 0      # the training policy, and the weights version last copied
         # Config + tokenizer only: the weights arrive through sync().
         self.dir = tempfile.mkdtemp(prefix="vllm-policy-")
         config = copy.deepcopy(policy.config)
@@ -77,6 +79,7 @@ class VLLMEngine:
             from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
             self.llm.apply_model(lambda m: dispatch_cpu_unquantized_gemm(m.lm_head, remove_weight=False))
         self.llm.reset_prefix_cache()     # cached keys/values were computed with the old weights
+        self.synced = weights_version(model)
 
     def encode_prompt(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -87,6 +90,7 @@ class VLLMEngine:
                  max_new_tokens: int | list[int] = 64, stop: tuple[str, ...] = (), seed: int = 0,
                  tag: str = "generate") -> list[Sample]:
         """As HFEngine.generate: len(prompts) * n samples ordered by prompt, then sample."""
+        check_fresh(self.source, self.synced)
         t0 = time.perf_counter()
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         todo = [i for i in range(len(prompts)) if budgets[i] > 0]
