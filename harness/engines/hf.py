@@ -159,7 +159,7 @@ class HFEngine:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 own[name].copy_(p)
-        self.synced = weights_version(model)
+        self.source, self.synced = model, weights_version(model)     # the policy it now holds a copy of
 
     def encode_prompt(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -79,7 +79,7 @@ class VLLMEngine:
             from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
             self.llm.apply_model(lambda m: dispatch_cpu_unquantized_gemm(m.lm_head, remove_weight=False))
         self.llm.reset_prefix_cache()     # cached keys/values were computed with the old weights
-        self.synced = weights_version(model)
+        self.source, self.synced = model, weights_version(model)     # the policy it now holds a copy of
 
     def encode_prompt(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
