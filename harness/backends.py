@@ -50,14 +50,15 @@ def adamw_args(tcfg, lr: float) -> dict:
 
 class Movement:
     """How far optimizer steps move a model, on a fixed strided sample of every tensor (<= 4096 values each: cheap at
-    any size; not measured under ZeRO-3, whose partitioned weights live outside the module's tensors): per step the relative update size
-    ||dtheta|| / ||theta|| and the fraction of sampled values that changed, and the fraction changed since the
-    trainer was built (bf16 weights without a master copy change ~2% at lr 1e-6, fp32 weights ~100%)."""
+    any size; not measured under ZeRO-3, whose partitioned weights live outside the module's tensors): per step the
+    relative update size ||dtheta|| / ||theta|| and the fraction of sampled values that changed, and the fraction
+    changed since the trainer was built (bf16 weights without a master copy change ~2% at lr 1e-6, fp32 ~100%)."""
 
     def __init__(self, tensors):
         self.params = list(tensors)
         self.start = self.sample()
         self.steps, self.rows = 0, []
+        self.checked = False            # the since-start check (movement_stats) runs once
 
     def sample(self) -> list[torch.Tensor]:
         return [p.detach().reshape(-1)[::max(1, p.numel() // 4096)].float().clone() for p in self.params if p.numel()]
@@ -69,17 +70,14 @@ class Movement:
         if before:
             num = sum(float((a - b).square().sum()) for a, b in zip(after, before))
             den = sum(float(b.square().sum()) for b in before)
-            changed = sum(int((a != b).sum()) for a, b in zip(after, before)) / sum(b.numel() for b in before)
-            self.rows.append((math.sqrt(num / max(den, 1e-30)), changed))
+            self.rows.append((math.sqrt(num / max(den, 1e-30)), _changed(after, before)))
         self.steps += 1
         return out
 
     def since_start(self) -> float | None:
         """Fraction of the sampled values that differ from the trainer's start (None: nothing sampled)."""
         now = self.sample()
-        if not now:
-            return None
-        return sum(int((a != b).sum()) for a, b in zip(now, self.start)) / sum(b.numel() for b in now)
+        return _changed(now, self.start) if now else None
 
     def pop(self) -> dict[str, float]:
         """Mean per-step update size and changed fraction since the last pop (empty when no step was taken)."""
@@ -87,6 +85,11 @@ class Movement:
         if not rows:
             return {}
         return {"update_rel": sum(r for r, _ in rows) / len(rows), "changed": sum(c for _, c in rows) / len(rows)}
+
+
+def _changed(after: list[torch.Tensor], before: list[torch.Tensor]) -> float:
+    """Fraction of the sampled values that differ between two samples."""
+    return sum(int((a != b).sum()) for a, b in zip(after, before)) / sum(b.numel() for b in before)
 
 
 class Stuck(Exception):
@@ -101,7 +104,7 @@ def movement_stats(name: str, trainer, cfg, it: int) -> dict[str, float]:
     if mv is None:
         return {}
     out = {f"{name}_{k}": round(v, 8) for k, v in mv.pop().items()}
-    if t.stuck_steps and mv.steps >= t.stuck_steps and not getattr(mv, "checked", False):
+    if t.stuck_steps and mv.steps >= t.stuck_steps and not mv.checked:
         mv.checked = True
         moved = mv.since_start()
         if moved is not None and moved < t.min_moved:
@@ -219,9 +222,10 @@ class DeepSpeedTrainer:
         self.model, self.module = self.engine, self.engine.module
         # bf16 mode: the fp32 master copy is what the optimizer moves (the bf16 weights change only when it crosses
         # a bf16 step); ZeRO-3 partitions the weights into flat buffers the module's tensors do not show.
-        master = _master_copy(self.engine.optimizer) if bcfg.bf16_weights else None
-        self.movement = Movement(master if master else [p for p in self.module.parameters() if p.requires_grad]
-                                 if self.stage < 3 else [])
+        watched = _master_copy(self.engine.optimizer) if bcfg.bf16_weights else None
+        if watched is None:
+            watched = [p for p in self.module.parameters() if p.requires_grad] if self.stage < 3 else []
+        self.movement = Movement(watched)
         self._norm = float("nan")
         if not native_clip:
             def clip(opt, args, kwargs):
