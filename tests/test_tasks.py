@@ -1,4 +1,5 @@
 """GSM8K and MATH tasks on the shipped subsets (tests/data): loaders, prompts, graders, step splitters."""
+import json
 import os
 import re
 import time
@@ -7,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from harness import tasks
+from harness.tasks import check as task_check
 from harness.tasks.check import perturb
 from harness.tasks.grader import gsm8k_answer, last_boxed
-from harness.tasks.math import protected_spans
+from harness.tasks.math_steps import protected_spans, split_steps_authors
 
 DATA = Path(__file__).parent / "data"
 
@@ -143,19 +145,64 @@ def test_gsm8k_splitter(gsm8k):
     assert gsm8k.split_steps("") == [""]
 
 
-def test_math_splitter(math_task):
+def test_math_splitter_blocks():
+    """`blocks`: no boundary inside a math block, long prose halved."""
+    task = build("math", splitter="blocks")
     n = []
     for split in ("train", "validation", "test"):
-        for p in math_task.problems(split):
-            text = math_task.sft_target(p)
-            steps = math_task.split_steps(text)
+        for p in task.problems(split):
+            text = task.sft_target(p)
+            steps = task.split_steps(text)
             _check_steps(text, steps)
             n.append(len(steps))
     assert max(n) > 3 and min(n) >= 1
     text = "First we note $x = 1. Then y$ is big. Then we compute\n\\[a = b\nc = d.\\]\nSo $\\boxed{1}$."
-    _check_steps(text, math_task.split_steps(text))
+    _check_steps(text, task.split_steps(text))
     long = "We have " + ", ".join(f"item number {i}" for i in range(30)) + "."
-    assert all(len(s) <= 100 for s in math_task.split_steps(long))
+    assert all(len(s) <= 100 for s in task.split_steps(long))
+
+
+def test_math_splitter_authors(math_task):
+    """The default follows the authors' split_solution_inplace: every shipped MATH500 solution is cut exactly as their
+    code cuts it (harness/tasks/authors_steps.json), and the hand-built cases below are their code's output."""
+    assert math_task.cfg.splitter == "authors"
+    ref = json.loads(task_check.AUTHORS_STEPS.read_text())["splits"]["math/test"]
+    texts = [math_task.sft_target(p) for p in math_task.problems("test")]
+    ag = task_check.agreement(ref, texts, [math_task.split_steps(t) for t in texts])
+    assert ag == {"n": 25, "exact": 1.0, "precision": 1.0, "recall": 1.0}
+    blocks = task_check.agreement(ref, texts, [build("math", splitter="blocks").split_steps(t) for t in texts])
+    assert blocks["n"] == 25 and blocks["exact"] < 0.5 and blocks["recall"] < 0.5      # about half the states
+    for split in ("train", "validation"):
+        for p in math_task.problems(split):
+            _check_steps(math_task.sft_target(p), math_task.split_steps(math_task.sft_target(p)), math_blocks=False)
+    cases = {   # text -> the authors' steps
+        "\nFirst we note that $x = 1.$ Then the sum is big. So we compute\n\\[a = b\nc = d.\\]\nSo $\\boxed{1}$.":
+            ["\nFirst we note that $x = 1.$", " Then the sum is big.", " So we compute\n\\[a = b",  # newline in \[..\]
+             "\nc = d.\\]\nSo $\\boxed{1}$."],
+        "\nWe have $$1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10 + 11 + 12 + 13 + 14 + 15 = 120 = 2 \\cdot 60 = 4 \\cdot 30 = "
+        "8 \\cdot 15,$$ so the answer is $\\boxed{120}$.":                  # a long part halved in math at "=", ",$"
+            ["\nWe have $$1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10 + 11 + 12 + 13 + 14 + 15 =",
+             " 120 = 2 \\cdot 60 = 4 \\cdot 30 = 8 \\cdot 15,$", "$ so the answer is $\\boxed{120}$."],
+        "\nThe answer, which we found earlier by careful counting of all the cases and checking each of them, is small "
+        "and to be exact it is 5.":                                            # in prose at the "," nearest the middle
+            ["\nThe answer, which we found earlier by careful counting of all the cases and",
+             " checking each of them, is small and to be exact it is 5."],
+    }
+    for text, steps in cases.items():
+        assert split_steps_authors(text) == steps
+    # where the authors' code fails an assertion (a part under 20 characters with nothing to join), one step
+    assert split_steps_authors("\n$\\boxed{5}$") == ["\n$\\boxed{5}$"] and split_steps_authors("") == [""]
+
+
+def test_check_prints_agreement_with_the_authors(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert task_check.main([str(DATA), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["math"]["test"]["steps"]["authors"]["authors"]["exact"] == 1.0
+    assert r["math"]["test"]["steps"]["blocks"]["authors"]["exact"] < 0.5
+    assert r["gsm8k"]["test"]["steps"]["lines"]["authors"]["exact"] >= 0.99
+    assert r["math"]["train"]["steps"]["authors"]["authors"] is None          # no reference cuts for train
+    assert "splitter authors: steps/solution mean" in capsys.readouterr().out
 
 
 def test_registered():
