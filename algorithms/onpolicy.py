@@ -7,8 +7,10 @@ collect: sample `prompts_per_iteration` x `samples_per_prompt` responses, grade 
          one update per batch): the separate old-log-prob pass covers only the other minibatches' rows.
 update:  `epochs` passes over the batch in shuffled minibatches of `batch_size` sequences:
          clipped surrogate (token mean) + kl_coef * k3 KL to the reference (clamped per token, summed over a
-         sequence's tokens, averaged over sequences), no entropy bonus, advantages whitened over the batch
-         (`train.whiten_advantages`; when null, the subclass's `whiten_default`: PPO/VinePPO yes, GRPO/RLOO no).
+         sequence's tokens, averaged over sequences), no entropy bonus, advantages whitened (`train.whiten_advantages`;
+         when null, the subclass's `whiten_default`: PPO/VinePPO yes, GRPO/RLOO no) over the iteration's batch or,
+         `train.whiten_scope: minibatch`, over each minibatch (the authors' code whitens one micro-step across ranks,
+         which is the 64-row minibatch in their layouts; here it does not depend on the GPU layout).
 """
 from __future__ import annotations
 
@@ -80,13 +82,17 @@ class OnPolicy(Algorithm):
         t = self.cfg.train
         mask = batch["mask"]
         whiten = self.whiten_default if t.whiten_advantages is None else t.whiten_advantages
-        adv = masked_whiten(batch["adv"], mask) if whiten else batch["adv"]
+        adv = masked_whiten(batch["adv"], mask) if whiten and t.whiten_scope == "batch" else batch["adv"]
+        per_minibatch = whiten and t.whiten_scope == "minibatch"
         n = mask.shape[0]
         sums: dict[str, float] = {}
         steps = 0
         for order in batch.get("orders") or self.minibatch_orders(batch["iteration"], n):
             for i in range(0, n, t.batch_size):
-                stats = self.train_minibatch(batch, adv, order[i:i + t.batch_size])
+                rows = order[i:i + t.batch_size]
+                if per_minibatch:                   # (train_minibatch reads only these rows)
+                    adv = adv.index_copy(0, rows, masked_whiten(batch["adv"][rows], mask[rows]))
+                stats = self.train_minibatch(batch, adv, rows)
                 steps += 1
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -7,8 +7,11 @@ For a sampled response split into reasoning steps y = (y_0, ..., y_{L-1}) (the t
     A_i       = r_i + V(s_{i+1}) - V(s_i),   r_i = 0 except r_{L-1} = R(y)     (gamma = 1)
 Every token of step i gets A_i (steps -> characters -> tokens through the tokenizer's offsets; EOS gets the last
 step's). Identical prefixes across the batch are rolled out once; the rollouts are only used for V, never trained
-on. States beyond `max_states` are not estimated: their value is back-filled with the return, so those steps get
-advantage 0 (the authors' GSM8K setting, 25). The policy update is the shared PPO one (algorithms/onpolicy.py).
+on. Only the first `max_states` states s_0 .. s_{N-1} are estimated; the rest are back-filled with the return, so
+those steps get advantage 0 (the authors' GSM8K `max_step_for_value_estimation: 25` estimates s_0 .. s_25, i.e.
+max_states 26). A rollout may generate up to the response's remaining budget (max_new_tokens - prefix), or with
+`mc_context` set the authors' min(max_new_tokens, mc_context - prompt - prefix), which lets a rollout from a deep
+state run past the response's own limit. The policy update is the shared PPO one (algorithms/onpolicy.py).
 
 Reused continuations (`reuse`): a rollout from s_i whose first tokens are exactly step y_i is, from there on, a
 sample from pi(. | s_{i+1}) (the policy only sees its prefix), with the same reward and the same remaining token
@@ -36,7 +39,11 @@ class VinePPO(OnPolicy):
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
         K: int = Field(9, ge=1, description="MC rollouts per step-boundary state")
-        max_states: int | None = Field(None, ge=1, description="estimate only the first N states (GSM8K: 25)")
+        max_states: int | None = Field(None, ge=1, description="estimate only s_0 .. s_{N-1} (the authors' GSM8K "
+                                       "max_step_for_value_estimation 25 = max_states 26; MATH: all)")
+        mc_context: int | None = Field(None, ge=2, description="rollouts get min(max_new_tokens, mc_context - "
+                                       "prompt - prefix tokens), the authors' budget (context 2047 Rho, 2499 "
+                                       "DeepSeek); null: the response's remaining budget")
         reuse: bool | None = Field(None, description="count a parent state's rollouts that continue along the "
                                    "response toward the next state's K (default: on when the task has no stop "
                                    "strings)")
@@ -50,10 +57,22 @@ class VinePPO(OnPolicy):
         if cfg.algo.get("reuse") and tasks.get(cfg.task["name"]).stop:
             raise ValueError(f"algo.reuse: true needs a task without stop strings; task {cfg.task['name']!r} stops "
                              f"at {tasks.get(cfg.task['name']).stop!r} (set algo.reuse: false)")
+        # A parent's rollout continued from the next state has the parent's budget left, which is the next state's
+        # own budget only when it is the response's remaining budget.
+        if cfg.algo.get("reuse") and cfg.algo.get("mc_context") is not None:
+            raise ValueError("algo.reuse: true needs algo.mc_context: null (a reused continuation would get the "
+                             "parent state's token budget)")
 
     def __init__(self, cfg, policy, tokenizer, engine, task):
         super().__init__(cfg, policy, tokenizer, engine, task)
-        self.reuse = not task.stop if self.opts.reuse is None else self.opts.reuse
+        self.reuse = (not task.stop and self.opts.mc_context is None) if self.opts.reuse is None else self.opts.reuse
+
+    def budget(self, prompt: list[int], prefix: list[int]) -> int:
+        """New tokens a rollout from prompt + prefix may generate (>= 1)."""
+        m = self.cfg.sampling.max_new_tokens
+        if self.opts.mc_context is None:
+            return m - len(prefix)
+        return max(1, min(m, self.opts.mc_context - len(prompt) - len(prefix)))
 
     def advantages(self, batch: dict) -> torch.Tensor:
         samples, problems, prompts = batch["samples"], batch["problems"], batch["prompts"]
@@ -107,11 +126,12 @@ class VinePPO(OnPolicy):
     def mc_values(self, requests, problems, prompts, iteration, K: int | None = None, seed_tag="mc") -> list[float]:
         """V(s) for each request (prompt index, response-prefix token ids, prefix text): the mean 0/1 reward of K
         continuations sampled from the current policy with the training sampling parameters. A continuation that
-        runs out of token budget scores 0 (unfinished). The budget is what the response itself had left."""
+        runs out of token budget (`budget`) scores 0 (unfinished)."""
         K = K or self.opts.K
         s = self.cfg.sampling
         outs = self.engine.generate([prompts[p] + ids for p, ids, _ in requests], n=K, temperature=s.temperature,
-                                    top_p=s.top_p, max_new_tokens=[s.max_new_tokens - len(ids) for _, ids, _ in requests],
+                                    top_p=s.top_p,
+                                    max_new_tokens=[self.budget(prompts[p], ids) for p, ids, _ in requests],
                                     stop=self.task.stop, seed=self.seed(iteration, seed_tag), tag="mc_rollouts")
         todo = [(r, k) for r in range(len(requests)) for k in range(K) if outs[r * K + k].finished]
         grades = grade_many(self.task, [(requests[r][2] + outs[r * K + k].text, problems[requests[r][0]]["answer"])
@@ -136,7 +156,8 @@ class VinePPO(OnPolicy):
             need = [r for r in level for _ in range(K - len(pool[r]))]
             outs = self.engine.generate([prompts[requests[r][0]] + requests[r][1] for r in need], n=1,
                                         temperature=s.temperature, top_p=s.top_p,
-                                        max_new_tokens=[s.max_new_tokens - len(requests[r][1]) for r in need],
+                                        max_new_tokens=[self.budget(prompts[requests[r][0]], requests[r][1])
+                                                        for r in need],
                                         stop=self.task.stop, seed=self.seed(iteration, f"mc-{depth}"),
                                         tag="mc_rollouts")
             done = [k for k, x in enumerate(outs) if x.finished]

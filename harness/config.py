@@ -107,8 +107,12 @@ class TrainConfig(Strict):
     warn_kl: float | None = Field(50.0, gt=0.0, description="a training row whose KL to the reference (nats per "
                                   "sequence) exceeds this gets a warning row (--status, table.md)")
     warn_grad_norm: float | None = Field(None, gt=0.0, description="the same for the (pre-clip) gradient norm")
-    whiten_advantages: bool | None = Field(None, description="whiten advantages over the batch; null: the "
-                                           "algorithm's default (PPO, VinePPO: yes; GRPO, RLOO: no)")
+    whiten_advantages: bool | None = Field(None, description="whiten advantages; null: the algorithm's default "
+                                           "(PPO, VinePPO: yes; GRPO, RLOO: no)")
+    whiten_scope: Literal["batch", "minibatch"] = Field("batch", description="statistics of the whole iteration's "
+                                                        "batch, or of each optimizer minibatch (the authors: one "
+                                                        "micro-step across ranks = the 64-row minibatch in their "
+                                                        "layouts)")
     ratio_threshold: float = Field(10.0, gt=1.0, description="skip a minibatch whose mean ratio exceeds this")
     precision: Literal["fp32", "bf16"] = "bf16"
     stuck_steps: int = Field(10, ge=0, description="after this many optimizer steps of a trained model, check that "

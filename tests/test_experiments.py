@@ -15,7 +15,9 @@ PAPER = {"sampling": {"temperature": 0.6, "top_p": 0.9, "max_new_tokens": 1024},
          "eval": {"samples": 16, "temperature": 0.35, "top_p": 0.9},
          "rl_train": {"prompts_per_iteration": 64, "samples_per_prompt": 8, "epochs": 2, "batch_size": 64,
                       "lr": 1e-6, "clip_eps": 0.2, "kl_coef": 1e-4, "warmup_ratio": 0.03, "grad_clip": 1.0},
-         "iterations": {"math": 1000, "gsm8k": 650}, "K": 9, "max_states": {"gsm8k": 25, "math": None},
+         "iterations": {"math": 1000, "gsm8k": 650}, "K": 9,
+         # the authors' max_step_for_value_estimation (GSM8K 25: s_0 .. s_25 estimated) is max_states + 1 here
+         "max_states": {"gsm8k": 25 + 1, "math": None}, "mc_context": {"rho": 2047, "ds": 2499},
          "dpo_beta": {"math": 0.1, "gsm8k": 0.3},
          "models": {("rho", "gsm8k"): "realtreetune/rho-1b-sft-GSM8K", ("rho", "math"): "realtreetune/rho-1b-sft-MATH",
                     ("ds", "gsm8k"): "realtreetune/deepseekmath-7b-sft-GSM8K",
@@ -40,7 +42,12 @@ def test_table1_matches_the_paper():
             assert c.train.iterations == PAPER["iterations"][task]
             assert c.train.batch_size // c.train.micro_batch_size * c.train.micro_batch_size == 64
         if c.algorithm == "vineppo":
-            assert c.algo["K"] == PAPER["K"] and c.algo["max_states"] == PAPER["max_states"][task]
+            assert c.algo["K"] == PAPER["K"] and c.algo.get("max_states") == PAPER["max_states"][task]
+            assert c.algo["mc_context"] == PAPER["mc_context"][fam]
+        if c.algorithm in ("ppo", "vineppo"):
+            assert c.train.whiten_scope == "minibatch"         # the authors' statistics: one 64-row optimizer step
+        if task == "math":
+            assert c.task["splitter"] == "authors"
         if c.algorithm == "ppo":
             assert (c.algo["gamma"], c.algo["lam"], c.algo["value_clip"]) == (1.0, 1.0, 0.2)
         if c.algorithm == "dpo":
@@ -75,8 +82,11 @@ def test_k_ablation_matches_the_paper():
     assert ks == sorted(paper_results()["k_ablation"]["vineppo"]) == [1, 3, 9]
     for r in runs:
         assert r.cfg.task["name"] == "math" and r.cfg.model.hub == "realtreetune/rho-1b-sft-MATH"
+        assert r.cfg.task["splitter"] == "authors"
         if r.cfg.algorithm == "vineppo":
             assert r.cfg.train.iterations == 1000 and r.cfg.sampling.temperature == 0.6
+            assert r.cfg.algo["mc_context"] == 2047 and r.cfg.train.whiten_scope == "minibatch"
+            assert r.cfg.algo.get("max_states") is None
 
 
 def test_paper_results_file():

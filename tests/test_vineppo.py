@@ -29,6 +29,7 @@ class ScriptedEngine:
 
     def generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seed, tag):
         self.calls.append((tag, len(prompts), n))
+        self.budgets = max_new_tokens
         out = []
         for i, p in enumerate(prompts):
             prefix = self.tokenizer.decode(p[self.prompt_len:], skip_special_tokens=True)
@@ -42,11 +43,12 @@ class ScriptedEngine:
         return out
 
 
-def build(tok, samples_texts, K=4, max_states=None, reuse=False, engine_cls=None):
+def build(tok, samples_texts, K=4, max_states=None, reuse=False, engine_cls=None, algo=None, train=None):
     T = get("arithmetic")
     task = T(T.Config(n_train=10, n_validation=1, n_test=1))
-    cfg = RunConfig.model_validate({"algorithm": "vineppo", "algo": {"K": K, "max_states": max_states, "reuse": reuse},
-                                    "train": {"kl_coef": 0.0}})
+    cfg = RunConfig.model_validate({"algorithm": "vineppo",
+                                    "algo": {"K": K, "max_states": max_states, "reuse": reuse, **(algo or {})},
+                                    "train": {"kl_coef": 0.0, **(train or {})}})
     problem = {"id": "p", "question": "1a+1b+3=", "answer": "5"}
     prompt_ids = [tok.bos_token_id] + tok(problem["question"], add_special_tokens=False)["input_ids"]
     # The value-table engine is not a consistent policy (its rollouts from s0 all continue along RESPONSE), so the
@@ -104,6 +106,59 @@ def test_max_states_backfills_with_the_return(char_tok):
     adv = token_advantages(batch, 0, plen)
     assert adv[:7] == pytest.approx([0.5] * 7) and adv[7:] == pytest.approx([0.0] * (len(adv) - 7))
     assert engine.calls == [("mc_rollouts", 1, 4)]
+
+
+def test_max_states_counts_states_from_s0(char_tok):
+    """max_states N estimates s_0 .. s_{N-1}: the authors' max_step_for_value_estimation M is max_states M + 1."""
+    for n, states in ((1, 1), (2, 2), (3, 3), (None, 3)):
+        algo, engine, batch, plen = build(char_tok, [RESPONSE], max_states=n)
+        algo.advantages(batch)
+        assert batch["vine"]["states"] == states
+
+
+@pytest.mark.parametrize("mc_context", [None, 30, 18])
+def test_rollout_budget(char_tok, mc_context):
+    """Default: what the response had left (max_new_tokens - prefix); mc_context C: the authors'
+    min(max_new_tokens, C - prompt - prefix), at least 1."""
+    algo, engine, batch, plen = build(char_tok, [RESPONSE], algo={"mc_context": mc_context},
+                                      train={"micro_batch_size": 64})
+    algo.cfg.sampling.max_new_tokens = m = 20
+    algo.advantages(batch)
+    prefixes = [0, 7, 14]                                  # tokens of s_0, s_1, s_2 (characters = tokens)
+    want = {None: [m - k for k in prefixes], 30: [min(m, 30 - plen - k) for k in prefixes],
+            18: [max(1, 18 - plen - k) for k in prefixes]}[mc_context]
+    assert engine.budgets == want
+    assert mc_context is None or want != [m - k for k in prefixes]   # the case tells the rules apart
+
+
+def test_reuse_is_refused_with_mc_context():
+    with pytest.raises(ValueError, match="algo.reuse: true needs algo.mc_context: null"):
+        RunConfig.model_validate({"algorithm": "vineppo", "algo": {"reuse": True, "mc_context": 2047},
+                                  "task": {"name": "arithmetic"}})
+
+
+@pytest.mark.parametrize("scope", ["batch", "minibatch"])
+def test_whiten_scope(char_tok, scope):
+    """batch: one mean/std over the iteration's tokens; minibatch: each optimizer minibatch's own (the authors')."""
+    texts = [RESPONSE, "1a+1=2;2b+3=4;#4", "1a+1=3;#3", "1a+1=2;2b+3=5;#5"]
+    algo, engine, batch, plen = build(char_tok, texts, train={"batch_size": 2, "micro_batch_size": 2,
+                                                              "whiten_scope": scope, "epochs": 1})
+    batch["adv"] = algo.advantages(batch)
+    batch["adv"] = (torch.randn(batch["adv"].shape, generator=torch.Generator().manual_seed(0)) * 3 + 1) * batch["mask"]
+    seen = []
+    algo.train_minibatch = lambda b, adv, rows: seen.append((adv.clone(), rows)) or {}
+    algo.update(batch)
+    mask = batch["mask"]
+    assert len(seen) == 2
+    from algorithms.losses import masked_whiten
+    for adv, rows in seen:
+        want = (masked_whiten(batch["adv"][rows], mask[rows]) if scope == "minibatch"
+                else masked_whiten(batch["adv"], mask)[rows])
+        assert torch.allclose(adv[rows], want, atol=1e-6)
+    a, rows = seen[0]
+    m = mask[rows].bool()
+    mean0 = float(a[rows][m].mean())
+    assert (abs(mean0) < 1e-5) == (scope == "minibatch")
 
 
 def test_offsets_on_bpe_cross_boundary_tokens(bpe_tok):
