@@ -52,7 +52,9 @@ class Movement:
     """How far optimizer steps move a model, on a fixed strided sample of every tensor (<= 4096 values each: cheap at
     any size; not measured under ZeRO-3, whose partitioned weights live outside the module's tensors): per step the
     relative update size ||dtheta|| / ||theta|| and the fraction of sampled values that changed, and the fraction
-    changed since the trainer was built (bf16 weights without a master copy change ~2% at lr 1e-6, fp32 ~100%)."""
+    changed since the trainer was built (bf16 weights without a master copy change ~2% at lr 1e-6, fp32 ~100%).
+    `steps` counts the steps that had a gradient to apply (norm > 0): a batch without signal (every advantage 0)
+    moves nothing, rightly, and must not count toward the Stuck check."""
 
     def __init__(self, tensors):
         self.params = list(tensors)
@@ -71,8 +73,11 @@ class Movement:
             num = sum(float((a - b).square().sum()) for a, b in zip(after, before))
             den = sum(float(b.square().sum()) for b in before)
             self.rows.append((math.sqrt(num / max(den, 1e-30)), _changed(after, before)))
-        self.steps += 1
         return out
+
+    def count(self, grad_norm: float | None) -> None:
+        if grad_norm is not None and math.isfinite(grad_norm) and grad_norm > 0:
+            self.steps += 1
 
     def since_start(self) -> float | None:
         """Fraction of the sampled values that differ from the trainer's start (None: nothing sampled)."""
@@ -108,7 +113,7 @@ def movement_stats(name: str, trainer, cfg, it: int) -> dict[str, float]:
         mv.checked = True
         moved = mv.since_start()
         if moved is not None and moved < t.min_moved:
-            raise Stuck(f"iteration {it}: after {mv.steps} optimizer steps only {moved:.1%} of the {name}'s (sampled) "
+            raise Stuck(f"iteration {it}: after {mv.steps} optimizer steps with a gradient only {moved:.1%} of the {name}'s (sampled) "
                         f"weights differ from its start (train.min_moved {t.min_moved:g}): the updates round away "
                         f"(model.dtype {cfg.model.dtype}, lr {t.lr:g}) or the gradients are zero; stopped before "
                         f"saving anything of it (the last checkpoint is intact)")
@@ -138,6 +143,7 @@ class TorchTrainer:
     def step(self) -> float:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.movement.around_step(self.opt.step)
+        self.movement.count(float(grad_norm))
         bump_weights_version(self.model)
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
@@ -243,7 +249,9 @@ class DeepSpeedTrainer:
         self.movement.around_step(self.engine.step)
         bump_weights_version(self.module)
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None and (self.stage > 0 or self.engine.bfloat16_enabled()) else self._norm
+        norm = float(norm) if norm is not None and (self.stage > 0 or self.engine.bfloat16_enabled()) else self._norm
+        self.movement.count(norm)
+        return norm
 
     def save(self, path: Path) -> None:
         self.engine.save_checkpoint(str(path), tag="state")

@@ -115,8 +115,8 @@ class TrainConfig(Strict):
                                                         "layouts)")
     ratio_threshold: float = Field(10.0, gt=1.0, description="skip a minibatch whose mean ratio exceeds this")
     precision: Literal["fp32", "bf16"] = "bf16"
-    stuck_steps: int = Field(10, ge=0, description="after this many optimizer steps of a trained model, check that "
-                             "it has moved from its start (0: never)")
+    stuck_steps: int = Field(10, ge=0, description="after this many optimizer steps with a gradient (norm > 0) of a "
+                             "trained model, check that it has moved from its start (0: never)")
     min_moved: float = Field(0.05, ge=0.0, le=1.0, description="the fraction of (sampled) weights that must differ "
                              "from the start by then, else the run stops (Stuck)")
     allow_low_precision_weights: bool = Field(False, description="let the optimizer step bf16/fp16 weights that have "

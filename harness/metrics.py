@@ -1,5 +1,6 @@
 """Files a run writes, written so that nothing is ever half-written or lost: atomic replace for JSON/YAML/status,
-append-only JSONL with an fsync per row, truncation to a checkpoint's row count on resume. Plus compute estimates."""
+append-only JSONL with an fsync per row, truncation to a checkpoint's row count on resume. Plus compute and memory
+estimates."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,7 @@ import hashlib
 import json
 import os
 import pickle
+import resource
 import socket
 import tempfile
 import time
@@ -180,3 +182,13 @@ def estimate_flops(n_params: int, inference_tokens: int, train_tokens: int) -> f
     """Dense-transformer estimate (Kaplan et al.): 2 N per token for a forward pass (generation, prefill,
     log-probs, critic values), 6 N per token for forward + backward. Attention FLOPs are ignored."""
     return 2.0 * n_params * inference_tokens + 6.0 * n_params * train_tokens
+
+
+def peak_memory_gb() -> dict[str, float]:
+    """This process's peak resident memory and, on a GPU, its peak allocated GPU memory (GiB), for the training
+    rows (the rehearsal reports them)."""
+    out = {"rss_peak_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}   # Linux: KiB
+    import torch
+    if torch.cuda.is_available():
+        out["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return out

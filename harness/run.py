@@ -34,7 +34,8 @@ from harness.tasks import grader
 from harness.backends import movement_stats
 from harness.config import RunConfig, load_run_config
 from harness.evaluate import evaluate
-from harness.metrics import MetricsLog, estimate_flops, read_json, run_done, run_lock, safe_load, write_status
+from harness.metrics import (MetricsLog, estimate_flops, peak_memory_gb, read_json, run_done, run_lock, safe_load,
+                             write_status)
 
 PHASES = ("generate", "mc_rollouts")
 
@@ -250,7 +251,7 @@ class Runner:
             row = {"kind": "train", **self.compute_columns(),
                    **{f"t_{p}": round(v, 4) for p, v in gen_s.items()},
                    "t_collect_other": round(t1 - t0 - sum(gen_s.values()), 4), "t_train": round(t2 - t1, 4),
-                   "t_sync": round(t3 - t2, 4), "grade_timeouts": grades["timeouts"],
+                   "t_sync": round(t3 - t2, 4), "grade_timeouts": grades["timeouts"], **peak_memory_gb(),
                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()}}
             if self.main:
                 self.metrics.append(row)

@@ -23,9 +23,10 @@ def sh(*args, cwd, timeout=None):
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=env(),
                           timeout=timeout)
 
-# Metrics columns that measure time: they differ between two runs of the same config, everything else must not.
+# Metrics columns that measure time (and memory): they differ between two runs of the same config, everything else
+# must not.
 TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
-          "t_sync", "t_select"}
+          "t_sync", "t_select", "rss_peak_gb", "gpu_peak_gb"}
 
 
 def strip_timing(rows: list[dict]) -> list[dict]:

@@ -265,6 +265,20 @@ def test_training_rows_say_how_far_each_step_moved_the_model(tmp_path):
     assert len(rows) == 4 and all(0 < r["policy_update_rel"] < 0.1 and r["policy_changed"] > 0.9 for r in rows), rows
 
 
+def test_steps_without_a_gradient_do_not_count_toward_stuck():
+    """A batch without signal (all advantages 0: every sample of a group wrong) rightly moves nothing; only steps
+    that had a gradient to apply count toward train.stuck_steps."""
+    import torch
+    from harness.backends import Movement
+    mv = Movement([torch.nn.Parameter(torch.ones(8))])
+    for norm in (0.0, float("nan"), None):
+        mv.around_step(lambda: None)
+        mv.count(norm)
+    assert mv.steps == 0 and mv.pop()["changed"] == 0.0
+    mv.count(0.5)
+    assert mv.steps == 1
+
+
 @pytest.mark.parametrize("patch", ["lr: 1.0e-12", "lr: 1.0e-6, allow_low_precision_weights: true"])
 def test_a_policy_that_does_not_move_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, patch):
     """Updates that round away (an lr below fp32's resolution; bf16 weights without a master copy at lr 1e-6):
@@ -275,7 +289,7 @@ def test_a_policy_that_does_not_move_stops_the_run_and_keeps_the_last_checkpoint
     if "allow_low_precision" in patch:
         text = text.replace("model: {", "model: {dtype: bfloat16, ")
     _, d = prepare(tmp_path, text)
-    with pytest.raises(Stuck, match=r"iteration 3: after 3 optimizer steps only [\d.]+% of the policy's"):
+    with pytest.raises(Stuck, match=r"iteration 3: after 3 optimizer steps with a gradient only [\d.]+% of the policy's"):
         execute(d, threads=1)
     st = read_json(d / "status.json")
     assert st["state"] == "failed" and "differ from its start" in st["error"]
