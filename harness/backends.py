@@ -258,8 +258,13 @@ class DeepSpeedTrainer:
 
     def load(self, path: Path) -> None:
         # DeepSpeed unpickles its files without restriction: check them first (mmap: types only, no data read).
+        # ZeRO's optimizer states also hold three of DeepSpeed's plain data classes (an enum, a dataclass, the loss
+        # scaler's state): admitted by name, nothing else.
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
         for f in sorted((path / "state").rglob("*.pt")):
-            safe_load(f, mmap=True)
+            safe_load(f, mmap=True, allow=(ZeroStageEnum, fragment_address, LossScaler))
         load_path, _ = self.engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)
         if load_path is None:

@@ -35,13 +35,14 @@ class UnsafeFile(Exception):
     """A checkpoint or snapshot that holds more than tensors and plain containers."""
 
 
-def safe_load(path: str | Path, map_location="cpu", mmap: bool = False):
-    """torch.load that unpickles only tensors and plain containers (`weights_only=True`): results folders are shared
-    on clusters, and a planted checkpoint must not run code when a run resumes or is analyzed. Anything else is
-    refused with an error naming the file."""
+def safe_load(path: str | Path, map_location="cpu", mmap: bool = False, allow: tuple = ()):
+    """torch.load that unpickles only tensors and plain containers (`weights_only=True`), plus the plain data
+    classes in `allow`: results folders are shared on clusters, and a planted checkpoint must not run code when a run
+    resumes or is analyzed. Anything else is refused with an error naming the file."""
     import torch
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UnsafeFile(f"refusing to load {path}: it holds objects other than tensors and plain containers (not "
                          f"written by this harness, or altered): {str(e).strip().splitlines()[0]}") from None

@@ -237,6 +237,17 @@ def test_learning_rate_schedule_is_pinned():
     assert [round(w(s), 6) for s in range(11)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.666667, 0.333333, 0.0]
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_deepspeed_zero_bf16_checkpoint_resumes(tmp_path, stage):
+    """ZeRO-1/2 in bf16 mode (the 7B rows of table1) keeps three of DeepSpeed's data classes in its optimizer
+    states: the checked loader admits them, so a stopped run resumes (the table1 rehearsal found them refused)."""
+    from harness.run import execute
+    d = make_runs(tmp_path, "sft", f"{{name: deepspeed, zero_stage: {stage}, bf16_weights: true}}", iters=2)[1]
+    assert execute(d, threads=1, stop_after=1) == "stopped"
+    assert execute(d, threads=1) == "done"
+    assert [r["iteration"] for r in train_rows(d)] == [1, 2]
+
+
 def test_deepspeed_bf16_mode_moves_its_fp32_master_weights_at_lr_1e6(tmp_path):
     """table1's precision (bf16 weights, fp32 master copy, ZeRO-0): every step at lr 1e-6 moves the master copy,
     which is what the movement metrics and the Stuck check read (the bf16 weights themselves change only when the
