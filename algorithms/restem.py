@@ -124,13 +124,16 @@ class RestEM(Algorithm):
             chosen = epoch
             if epoch < t.epochs:                              # a later epoch may still be worse: remember this one
                 best = snapshot(self.policy)
+        # Health of the fine-tune before the selection may go back to the start (the run loop finds no trainer left).
+        from harness.backends import movement_stats          # (lazy, as make_trainer's import)
+        health = movement_stats("policy", self.trainer, self.cfg, it + 1)
         if chosen < trained:                                  # the last trained epoch was not chosen: go back
             self.policy.load_state_dict(best if chosen else self.start)
             bump_weights_version(self.policy)
         self.trainers.pop("policy")                           # nothing of the optimizer outlives the iteration:
         self.trainer = None                                   # the checkpoint is the policy's weights alone
         steps = max(stats.pop("steps", 0), 1)
-        out = {**batch["info"], **{k: v / steps for k, v in stats.items()}, "epochs_trained": trained,
+        out = {**batch["info"], **health, **{k: v / steps for k, v in stats.items()}, "epochs_trained": trained,
                "chosen_epoch": chosen, "iteration_steps": self.plan,
                "t_select": round(self.engine.stats.seconds.get("restem_select", 0.0) - select_s0, 4)}
         if self.opts.select:

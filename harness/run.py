@@ -54,9 +54,10 @@ class Diverged(Exception):
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, run_dir: Path, stop=None):
+    def __init__(self, cfg: RunConfig, run_dir: Path, stop=None, stop_after: int | None = None):
         self.cfg, self.dir = cfg, run_dir
         self.stop = stop or (lambda: False)                # polled between iterations (see harness/slurm.py)
+        self.stop_after = stop_after                       # iterations after which to stop as at a time limit
         self.run_id = run_dir.name
         self.task = tasks.get(cfg.task["name"])(tasks.get(cfg.task["name"]).Config(**cfg.task))
         mcfg = cfg.model
@@ -218,7 +219,7 @@ class Runner:
         self.maybe_snapshot()
         while self.state["iteration"] < n_it:
             it = self.state["iteration"]
-            if self.stop():                                 # time limit or preemption: save at this boundary
+            if self.stop() or (self.stop_after is not None and it >= self.stop_after):   # time limit, preemption
                 self.save_checkpoint()
                 print(f"[{self.run_id}] stopping at iteration {it} (checkpoint saved)", flush=True)
                 return False
@@ -314,9 +315,10 @@ class Runner:
         dist.barrier()
 
 
-def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
+def execute(run_dir: str | Path, threads: int | None = None, stop=None, stop_after: int | None = None) -> str:
     """Run (or resume) the run in `run_dir`; the entry point every executor calls. Returns "done", or "stopped" when
-    `stop()` (polled between iterations) asked it to end early: its checkpoint is then saved for a resume."""
+    `stop()` (polled between iterations) asked it to end early, or `stop_after` iterations are done (the rehearsal's
+    stand-in for a time limit): its checkpoint is then saved for a resume."""
     run_dir = Path(run_dir)
     if run_done(run_dir):                               # (done without final/: resumes to write it again)
         return "done"
@@ -327,16 +329,16 @@ def execute(run_dir: str | Path, threads: int | None = None, stop=None) -> str:
         raise ValueError(f"{run_dir}: launched with {launched} processes but backend.processes is "
                          f"{cfg.backend.processes}")
     if launched > 1:                                    # torchrun's processes run under their launcher's lock
-        return _execute(run_dir, cfg, threads, stop)
+        return _execute(run_dir, cfg, threads, stop, stop_after)
     with run_lock(run_dir):                             # one owner per run: RunBusy if another process trains it
         if run_done(run_dir):                           # finished while we waited to start
             return "done"
         if cfg.backend.processes > 1:
-            return launch_processes(run_dir, cfg.backend.processes, threads)
-        return _execute(run_dir, cfg, threads, stop)
+            return launch_processes(run_dir, cfg.backend.processes, threads, stop_after)
+        return _execute(run_dir, cfg, threads, stop, stop_after)
 
 
-def _execute(run_dir: Path, cfg: RunConfig, threads: int, stop) -> str:
+def _execute(run_dir: Path, cfg: RunConfig, threads: int, stop, stop_after: int | None = None) -> str:
     dist.init()
     main = dist.is_main()
     torch.set_num_threads(threads)
@@ -346,7 +348,7 @@ def _execute(run_dir: Path, cfg: RunConfig, threads: int, stop) -> str:
                      job_id=os.environ.get("SLURM_JOB_ID"), log=log, started=time.time(), error=None,
                      processes=dist.world())
     try:
-        finished = Runner(cfg, run_dir, stop).run()
+        finished = Runner(cfg, run_dir, stop, stop_after).run()
     except gate.GateError as e:
         write_status(run_dir, "blocked", error=str(e))
         raise
@@ -366,20 +368,21 @@ def _execute(run_dir: Path, cfg: RunConfig, threads: int, stop) -> str:
     return "done"
 
 
-def launch_processes(run_dir: Path, n: int, threads: int) -> str:
+def launch_processes(run_dir: Path, n: int, threads: int, stop_after: int | None = None) -> str:
     """Run this module under torchrun with n processes on this machine (inside one SLURM job: the job asks for
     n GPUs). Threads are shared out between the processes."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "harness.run", str(run_dir), "--threads", str(max(1, threads // n))]
+    cmd += ["--stop-after", str(stop_after)] if stop_after is not None else []
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
     rc = subprocess.run(cmd, env=env).returncode
     state = read_json(run_dir / "status.json", {}).get("state")
-    if rc != 0 or state != "done":
+    if rc != 0 or state not in ({"done", "stopped"} if stop_after is not None else {"done"}):
         if state != "failed":
             write_status(run_dir, "failed", error=f"torchrun exited with status {rc}")
         raise RuntimeError(f"{run_dir}: torchrun with {n} processes failed (exit status {rc})")
-    return "done"
+    return state
 
 
 def main(argv=None) -> int:
@@ -387,8 +390,10 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run directory holding config.yaml (made by harness.sweep)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N iterations as at a time "
+                   "limit: checkpoint saved, state stopped, a later call resumes (used by --rehearse)")
     a = p.parse_args(argv)
-    execute(a.run_dir, a.threads)
+    execute(a.run_dir, a.threads, stop_after=a.stop_after)
     return 0
 
 

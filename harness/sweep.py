@@ -6,6 +6,7 @@
     python -m harness.sweep FILE.yaml --cluster slurm/PROFILE.yaml [--wait]   # submit to SLURM (job arrays)
     python -m harness.sweep FILE.yaml --status                    # one line per run: state, job, progress, log
     python -m harness.sweep FILE.yaml --cancel                    # cancel the sweep's SLURM jobs
+    python -m harness.sweep FILE.yaml --rehearse [--stand-in tiny]   # every code path for 2 iterations first
 
 Every run of the grid (and the cluster profile) is validated before anything is written or submitted; a mistake is
 reported with the file, group, key and value, and the exit status is 2. Runs whose status.json says "done" are
@@ -74,6 +75,11 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print each run's id and resolved config, then exit")
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="only runs whose id matches this glob (repeatable); their SFT dependency is included")
+    p.add_argument("--rehearse", action="store_true", help="run every distinct code path of the sweep for two "
+                   "iterations with small batches, resuming once, and check it (harness/rehearse.py); writes to "
+                   "<output>-rehearsal")
+    p.add_argument("--stand-in", choices=["tiny"], default=None, help="--rehearse offline: tiny random stand-ins "
+                   "for hub/path/GGUF models, the shipped data subsets for GSM8K/MATH")
     p.add_argument("--output", default=None, help="results directory (default: the YAML's output_dir or "
                                                   "results/<name>)")
     a = p.parse_args(argv)
@@ -93,6 +99,12 @@ def main(argv=None) -> int:
         return 0
     if a.cancel:
         return cancel_sweep(runs, out)
+    if a.stand_in and not a.rehearse:
+        print("error: --stand-in goes with --rehearse", file=sys.stderr)
+        return 2
+    if a.rehearse:
+        from harness import rehearse
+        return rehearse.main(a.sweep, runs, out, a.stand_in)
     executor = a.executor or ("slurm" if a.cluster else "local")
     if (executor == "slurm") != bool(a.cluster):
         print("error: --cluster PROFILE goes with --executor slurm (and only with it)", file=sys.stderr)

@@ -66,6 +66,8 @@ def test_seven_methods_sweep_and_plot(tmp_path):
     assert dpo[0]["t_generate"] > 0 and all(x["tokens_generated"] == dpo[0]["tokens_generated"] for x in dpo)
     restem = [x for x in read_jsonl(runs["restem"] / "metrics.jsonl") if x["kind"] == "train"]
     assert all(x["kept"] > 0 and x["t_select"] > 0 for x in restem)
+    # its fine-tune's health columns (its trainer is gone by the time the run loop looks for one)
+    assert all(x["policy_changed"] > 0.5 and x["policy_update_rel"] > 0 for x in restem), restem
     # selection evaluations are training cost: more tokens than the iteration's own sampling produced
     assert restem[0]["tokens_generated"] > 8 * 8 * restem[0]["response_len"] * 1.2
 
