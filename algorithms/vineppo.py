@@ -68,11 +68,12 @@ class VinePPO(OnPolicy):
         self.reuse = (not task.stop and self.opts.mc_context is None) if self.opts.reuse is None else self.opts.reuse
 
     def budget(self, prompt: list[int], prefix: list[int]) -> int:
-        """New tokens a rollout from prompt + prefix may generate (>= 1)."""
-        m = self.cfg.sampling.max_new_tokens
-        if self.opts.mc_context is None:
+        """New tokens a rollout from prompt + prefix may generate (>= 1). (Also called with another algorithm as
+        `self` by harness/analyze.py, whose options have no mc_context.)"""
+        m, context = self.cfg.sampling.max_new_tokens, getattr(self.opts, "mc_context", None)
+        if context is None:
             return m - len(prefix)
-        return max(1, min(m, self.opts.mc_context - len(prompt) - len(prefix)))
+        return max(1, min(m, context - len(prompt) - len(prefix)))
 
     def advantages(self, batch: dict) -> torch.Tensor:
         samples, problems, prompts = batch["samples"], batch["problems"], batch["prompts"]
@@ -131,7 +132,7 @@ class VinePPO(OnPolicy):
         s = self.cfg.sampling
         outs = self.engine.generate([prompts[p] + ids for p, ids, _ in requests], n=K, temperature=s.temperature,
                                     top_p=s.top_p,
-                                    max_new_tokens=[self.budget(prompts[p], ids) for p, ids, _ in requests],
+                                    max_new_tokens=[VinePPO.budget(self, prompts[p], ids) for p, ids, _ in requests],
                                     stop=self.task.stop, seed=self.seed(iteration, seed_tag), tag="mc_rollouts")
         todo = [(r, k) for r in range(len(requests)) for k in range(K) if outs[r * K + k].finished]
         grades = grade_many(self.task, [(requests[r][2] + outs[r * K + k].text, problems[requests[r][0]]["answer"])
