@@ -169,7 +169,7 @@ def make_stand_in(task_cfg: dict, dtype: str, store: Path) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     models.save(model.to(getattr(torch, dtype)), tok, tmp)
     os.replace(tmp, out)
-    print(f"[rehearse] stand-in for {name} ({dtype}): {len(texts)} texts, loss {float(loss):.3f}, "
+    print(f"[rehearse] stand-in for {name} ({dtype}): {len(texts)} texts, loss {float(loss.detach()):.3f}, "
           f"{time.time() - t0:.0f}s -> {out}", flush=True)
     return {"path": str(out), "data_dir": str(data)}
 
