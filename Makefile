@@ -55,7 +55,7 @@ test-vllm: $(VENV_VLLM)/.installed
 	VLLM_LOGGING_LEVEL=WARNING $(VENV_VLLM)/bin/python -m pytest -q -m "slow or not slow" tests/test_vllm_engine.py
 
 # Every distinct code path of the paper's sweeps for two iterations, offline: tiny stand-in models, vLLM (CPU build)
-# and DeepSpeed on 2 gloo processes as the YAMLs ask (harness/rehearse.py; README "Rehearse before submitting").
+# and DeepSpeed on 2 gloo processes as the YAMLs ask (harness/launch/rehearse.py; docs/sweeps.md "Rehearse before submitting").
 rehearse: $(VENV_VLLM)/.installed
 	VLLM_LOGGING_LEVEL=WARNING $(VENV_VLLM)/bin/python -m harness.sweep experiments/table1.yaml --rehearse --stand-in tiny
 	VLLM_LOGGING_LEVEL=WARNING $(VENV_VLLM)/bin/python -m harness.sweep experiments/k_ablation.yaml --rehearse --stand-in tiny

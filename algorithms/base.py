@@ -1,14 +1,14 @@
 """The algorithm interface and the plumbing every algorithm shares (prompt batches, padding, log-probs, optimizer).
 
     algo = algorithms.get(name)(cfg, policy, tokenizer, engine, task)
-    batch = algo.collect(iteration)     # may call engine.generate() any number of times
+    batch = algo.collect(iteration)     # may call engine.generate() any number of times; any type the update reads
     metrics = algo.update(batch)        # optimizer steps; returns scalar metrics
 
-The run loop (harness/run.py) owns iterations, evaluation, checkpoints, timing and files. An algorithm counts the
-tokens it pushes through models in `self.counts` so the run loop can estimate compute, and tags its generate() calls
-("generate", "mc_rollouts", ...) so the engine's clock splits generation time by purpose.
+The run loop (harness/train/loop.py) owns iterations, evaluation, checkpoints, timing and files. An algorithm counts
+the tokens it pushes through models in `self.counts` so the run loop can estimate compute, and tags its generate()
+calls ("generate", "mc_rollouts", ...) so the engine's clock splits generation time by purpose.
 
-Training goes through a trainer per trained model (harness/backends.py: torch or DeepSpeed):
+Training goes through a trainer per trained model (harness/runtime/backends.py: torch or DeepSpeed):
 
     self.trainer = self.make_trainer(policy)
     for rows, w in self.micro_batches(minibatch_rows):      # this process's share (data parallel), weight 0 = padding
@@ -19,25 +19,37 @@ Training goes through a trainer per trained model (harness/backends.py: torch or
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from algorithms.losses import token_logprobs
-from harness import dist
+from harness.core.seeding import derive_seed
+from harness.runtime import dist
+from harness.runtime.backends import build_trainer
+from harness.tasks import grade_samples
 
 
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def derive_seed(*parts) -> int:
-    """A stable 63-bit seed from (run seed, iteration, purpose, ...): every random draw of an iteration depends
-    only on these, so a resumed run replays exactly what an uninterrupted one would have drawn."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+@dataclass
+class Padded:
+    """Prompt + response token rows, right-padded (Algorithm.pad): what every forward pass reads. Column j of `mask`
+    (and of every per-token tensor built on it) is the prediction of token j + 1, so it has t - 1 columns."""
+    input_ids: torch.Tensor         # LongTensor [b, t]: prompt + response ids, then pad_token_id
+    attention_mask: torch.Tensor    # LongTensor [b, t]: 1 on the real tokens
+    mask: torch.Tensor              # FloatTensor [b, t-1]: 1 where the target is a response token
+
+
+def check_samples_per_prompt(cfg, reason: str) -> None:
+    """For check_config of the methods that compare samples of one prompt (`reason` says why, naming the method)."""
+    if cfg.train.samples_per_prompt < 2:
+        raise ValueError(f"{reason}: train.samples_per_prompt must be >= 2 (got {cfg.train.samples_per_prompt})")
 
 
 class Algorithm:
@@ -48,7 +60,7 @@ class Algorithm:
         self.cfg, self.policy, self.tokenizer, self.engine, self.task = cfg, policy, tokenizer, engine, task
         self.opts = self.Config.model_validate(cfg.algo)
         self.counts: Counter = Counter()       # forward_tokens, train_tokens, grad_steps (cumulative)
-        self.trainers: dict = {}               # name -> trainer (harness/backends.py); saved by the run loop
+        self.trainers: dict = {}               # name -> trainer (harness/runtime/backends.py); saved by the run loop
         self.device = next(policy.parameters()).device
 
     # --- the interface -------------------------------------------------------------------------------------
@@ -80,6 +92,11 @@ class Algorithm:
         self.counts = Counter(sd["counts"])
 
     # --- shared plumbing -------------------------------------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        """The temperature training log-probs divide logits by: the sampling one (greedy sampling: T = 1)."""
+        return self.cfg.sampling.temperature or 1.0
+
     def seed(self, *parts) -> int:
         return derive_seed(self.cfg.seed, *parts)
 
@@ -101,17 +118,11 @@ class Algorithm:
                                        max_new_tokens=s.max_new_tokens, stop=self.task.stop, seed=seed, tag=tag)
         samples = [x if x.token_ids else x.__class__(x.prompt_index, [self.tokenizer.eos_token_id], "", False)
                    for x in samples]               # an empty response still needs one token to carry its reward
-        from harness.tasks import grade_many
-        done = [i for i, x in enumerate(samples) if x.finished]      # unfinished = 0, not graded
-        rewards = [0.0] * len(samples)
-        for i, r in zip(done, grade_many(self.task, [(samples[i].text, problems[samples[i].prompt_index]["answer"])
-                                                     for i in done])):
-            rewards[i] = r
-        return prompts, samples, rewards
+        return prompts, samples, grade_samples(self.task, samples, problems)
 
-    def seq_logprobs(self, model, batch: dict, temperature: float, rows=None, grad: bool = False) -> torch.Tensor:
+    def seq_logprobs(self, model, batch: Padded, temperature: float, rows=None, grad: bool = False) -> torch.Tensor:
         """Sequence log-probs [b]: the sum of the response tokens' log-probs."""
-        mask = batch["mask"] if rows is None else batch["mask"][rows]
+        mask = batch.mask if rows is None else batch.mask[rows]
         return (self.logprobs(model, batch, temperature, rows, grad) * mask.to(self.device)).sum(-1)
 
     def encode(self, text: str) -> list[int]:
@@ -126,7 +137,6 @@ class Algorithm:
         """AdamW (betas 0.9/0.999, eps 1e-8) with warmup + linear decay over total_steps() and grad clipping, on the
         configured backend (torch or DeepSpeed). Build frozen copies of `model` (reference, critic body) first:
         ZeRO-3 partitions its weights in place."""
-        from harness.backends import build_trainer
         self.trainers[name] = build_trainer(self.cfg, model, lr or self.cfg.train.lr, max(1, self.total_steps()))
         return self.trainers[name]
 
@@ -163,7 +173,7 @@ class Algorithm:
         """Sum per-process shares of a minibatch's metrics (no-op in one process)."""
         return dist.all_sum(stats)
 
-    def pad(self, prompts: list[list[int]], responses: list[list[int]]) -> dict[str, torch.Tensor]:
+    def pad(self, prompts: list[list[int]], responses: list[list[int]]) -> Padded:
         """Right-padded prompt+response ids and a `mask` [B, L-1] over the positions whose *target* is a response
         token (logits at position t predict token t+1)."""
         seqs = [p + r for p, r in zip(prompts, responses)]
@@ -175,26 +185,26 @@ class Algorithm:
             ids[b, :len(s)] = torch.tensor(s)
             attn[b, :len(s)] = 1
             mask[b, len(p) - 1:len(s) - 1] = 1
-        return {"input_ids": ids, "attention_mask": attn, "mask": mask}
+        return Padded(ids, attn, mask)
 
-    def logprobs(self, model, batch: dict, temperature: float, rows=None, grad: bool = False) -> torch.Tensor:
+    def logprobs(self, model, batch: Padded, temperature: float, rows=None, grad: bool = False) -> torch.Tensor:
         """Token log-probs [b, L-1] of the batch's targets (rows = a subset of rows, e.g. a micro-batch)."""
-        ids, attn, L = *trim(batch, rows), batch["input_ids"].shape[1]
+        ids, attn, L = *trim(batch, rows), batch.input_ids.shape[1]
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx, self.autocast():
             logits = model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits[:, :-1]
         self.counts["train_tokens" if grad else "forward_tokens"] += int(attn.sum())
         return pad_columns(token_logprobs(logits, ids[:, 1:].to(self.device), temperature), L - 1)
 
-    def logprobs_batched(self, model, batch: dict, temperature: float) -> torch.Tensor:
-        return self.map_rows(lambda rows: self.logprobs(model, batch, temperature, rows), len(batch["input_ids"]),
-                             batch["attention_mask"].sum(-1))
+    def logprobs_batched(self, model, batch: Padded, temperature: float) -> torch.Tensor:
+        return self.map_rows(lambda rows: self.logprobs(model, batch, temperature, rows), len(batch.input_ids),
+                             batch.attention_mask.sum(-1))
 
 
-def trim(batch: dict, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+def trim(batch: Padded, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids and attention_mask of `rows`, without the trailing columns that are padding in every one of them
     (right padding: positions are unchanged, so every real token's output is too)."""
-    ids, attn = batch["input_ids"], batch["attention_mask"]
+    ids, attn = batch.input_ids, batch.attention_mask
     if rows is not None:
         ids, attn = ids[rows], attn[rows]
     n = int(attn.any(0).nonzero().max()) + 1

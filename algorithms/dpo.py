@@ -24,13 +24,23 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from algorithms import register
-from algorithms.base import Algorithm
+from algorithms.base import Algorithm, check_samples_per_prompt
 from algorithms.losses import dpo_loss
+
+
+@dataclass
+class Steps:
+    """collect's result: the optimizer steps of this iteration (global step numbers) and, at iteration 0, the
+    sampling and pairing metrics."""
+    iteration: int
+    steps: range
+    info: dict[str, float]
 
 
 def make_pairs(rewards: list[float], groups: list[int], max_pairs: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -59,19 +69,13 @@ class DPO(Algorithm):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        if cfg.train.samples_per_prompt < 2:
-            raise ValueError(f"dpo pairs samples of the same problem: train.samples_per_prompt must be >= 2 "
-                             f"(got {cfg.train.samples_per_prompt})")
+        check_samples_per_prompt(cfg, f"{cls.name} pairs samples of the same problem")
 
     def __init__(self, cfg, policy, tokenizer, engine, task):
         super().__init__(cfg, policy, tokenizer, engine, task)
         self.data = None                           # built by collect(0); restored by load_state_dict
         self.trainer = None                        # made once the pairs (and so the schedule's length) are known
         self._orders: dict[int, torch.Tensor] = {}
-
-    @property
-    def temperature(self) -> float:
-        return self.cfg.sampling.temperature or 1.0
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data["pairs"]) / self.cfg.train.batch_size) if self.data else 0
@@ -102,10 +106,10 @@ class DPO(Algorithm):
                 "response_len": sum(len(x.token_ids) for x in samples) / len(samples), "pairs": len(pairs),
                 "pair_problems": len({samples[w].prompt_index for w, _ in pairs}), "total_steps": self.total_steps()}
 
-    def collect(self, iteration: int) -> dict:
+    def collect(self, iteration: int) -> Steps:
         info = self.build_pairs() if iteration == 0 else {}
         S, N = self.total_steps(), self.cfg.train.iterations
-        return {"iteration": iteration, "steps": range(iteration * S // N, (iteration + 1) * S // N), "info": info}
+        return Steps(iteration, range(iteration * S // N, (iteration + 1) * S // N), info)
 
     def step_rows(self, step: int) -> torch.Tensor:
         """Pair indices of global optimizer step `step`: epoch e = step // steps_per_epoch walks a permutation."""
@@ -117,15 +121,15 @@ class DPO(Algorithm):
         return self._orders[epoch][k * bs:(k + 1) * bs]
 
     # --- update --------------------------------------------------------------------------------------------
-    def update(self, batch: dict) -> dict[str, float]:
+    def update(self, batch: Steps) -> dict[str, float]:
         sums: dict[str, float] = {}
-        for step in batch["steps"]:
+        for step in batch.steps:
             for k, v in self.train_step(self.step_rows(step)).items():
                 sums[k] = sums.get(k, 0.0) + v
-        out = {k: v / max(len(batch["steps"]), 1) for k, v in sums.items()}
+        out = {k: v / max(len(batch.steps), 1) for k, v in sums.items()}
         if self.trainer is not None:
             out["lr"] = self.trainer.lr
-        return {**batch["info"], **out}
+        return {**batch.info, **out}
 
     def train_step(self, rows: torch.Tensor) -> dict[str, float]:
         """One optimizer step on the pairs `rows` (a micro-batch is train.micro_batch_size pairs: 2x as many

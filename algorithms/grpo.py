@@ -17,12 +17,12 @@ Choices, and why:
 """
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from algorithms import register
+from algorithms.base import check_samples_per_prompt
 from algorithms.losses import group_normalized
-from algorithms.onpolicy import OnPolicy
+from algorithms.onpolicy import Advantages, OnPolicy, Rollouts
 
 
 @register("grpo")
@@ -36,12 +36,10 @@ class GRPO(OnPolicy):
 
     @classmethod
     def check_config(cls, cfg) -> None:         # runs when the sweep is validated, before any job starts
-        if cfg.train.samples_per_prompt < 2:
-            raise ValueError(f"{cls.name} compares samples of the same prompt: train.samples_per_prompt must be "
-                             f">= 2 (got {cfg.train.samples_per_prompt})")
+        check_samples_per_prompt(cfg, f"{cls.name} compares samples of the same prompt")
 
-    def advantages(self, batch: dict) -> torch.Tensor:
-        # batch["rewards"] [B]: 0/1 reward of each response; batch["groups"] [B]: index of its prompt;
-        # batch["mask"] [B, L-1]: 1 on the positions whose target is a response token. Return [B, L-1].
-        adv = group_normalized(batch["rewards"], batch["groups"], self.opts.eps, self.opts.scale)
-        return adv[:, None] * batch["mask"]
+    def advantages(self, batch: Rollouts) -> Advantages:
+        # batch.rewards [b]: 0/1 reward of each response; batch.groups [b]: index of its prompt;
+        # batch.mask [b, t-1]: 1 on the positions whose target is a response token. adv: [b, t-1].
+        adv = group_normalized(batch.rewards, batch.groups, self.opts.eps, self.opts.scale)
+        return Advantages(adv[:, None] * batch.mask)

@@ -13,8 +13,8 @@ update   reset the policy to the *starting* checkpoint and fine-tune it on the k
          only hurts returns to it). The chosen checkpoint is the policy the next iteration samples from. Epochs after
          the first one that does not improve could not change the choice, so they are not trained.
 
-Cost accounting: the selection evaluations go through harness.evaluate with the tag "restem_select", so their time
-and tokens are counted as training cost (only the run loop's own "eval" evaluations are not). The starting
+Cost accounting: the selection evaluations go through harness.runtime.evaluate with the tag "restem_select", so their
+time and tokens are counted as training cost (only the run loop's own "eval" evaluations are not). The starting
 checkpoint's validation accuracy is measured once and remembered.
 Resume: the starting weights are copied when the run is built (from its starting checkpoint, before a resume loads
 anything), the current policy is the checkpoint, and the optimizer is rebuilt every iteration, so a run resumed at
@@ -26,15 +26,29 @@ import contextlib
 import math
 import random
 from collections import Counter
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from algorithms import register
-from algorithms.base import Algorithm
-from harness.evaluate import evaluate
-from harness.models import bump_weights_version
+from algorithms.base import Algorithm, Padded
+from harness.runtime.backends import movement_stats
+from harness.runtime.evaluate import evaluate
+from harness.runtime.models import bump_weights_version
+
+
+@dataclass
+class Kept:
+    """collect's result: the solutions kept to fine-tune on, and the iteration's sampling metrics."""
+    iteration: int
+    solutions: Padded | None    # one row per kept solution (prompt + solution + EOS); None when none was kept
+    info: dict[str, float]      # train_reward, finished, response_len, kept, kept_problems
+
+    @property
+    def kept(self) -> int:
+        return 0 if self.solutions is None else len(self.solutions.input_ids)
 
 
 def keep_correct(rewards: list[float], groups: list[int], max_per_problem: int, rng: random.Random) -> list[int]:
@@ -79,40 +93,35 @@ class RestEM(Algorithm):
                              f"process only (got backend.name {cfg.backend.name!r}, processes "
                              f"{cfg.backend.processes})")
 
-    @property
-    def temperature(self) -> float:
-        return self.cfg.sampling.temperature or 1.0
-
     def total_steps(self) -> int:
         """Steps of the *current* iteration's fine-tune (each iteration has its own optimizer and schedule)."""
         return self.plan
 
     # --- collect -------------------------------------------------------------------------------------------
-    def collect(self, iteration: int) -> dict:
+    def collect(self, iteration: int) -> Kept:
         t = self.cfg.train
         problems = self.prompt_batch(iteration)
         prompts, samples, rewards = self.sample(problems, t.samples_per_prompt, self.seed(iteration, "generate"))
         groups = [x.prompt_index for x in samples]
         keep = keep_correct(rewards, groups, self.opts.max_per_problem, random.Random(self.seed(iteration, "keep")))
-        batch = self.pad([prompts[groups[i]] for i in keep], [samples[i].token_ids for i in keep]) if keep else {}
-        batch.update(iteration=iteration, kept=len(keep), info={
+        solutions = self.pad([prompts[groups[i]] for i in keep], [samples[i].token_ids for i in keep]) if keep else None
+        return Kept(iteration, solutions, info={
             "train_reward": sum(rewards) / len(rewards), "finished": sum(x.finished for x in samples) / len(samples),
             "response_len": sum(len(x.token_ids) for x in samples) / len(samples), "kept": len(keep),
             "kept_problems": len({groups[i] for i in keep})})
-        return batch
 
     # --- update --------------------------------------------------------------------------------------------
-    def update(self, batch: dict) -> dict[str, float]:
-        t, it = self.cfg.train, batch["iteration"]
+    def update(self, batch: Kept) -> dict[str, float]:
+        t, it = self.cfg.train, batch.iteration
         self.policy.load_state_dict(self.start)               # ReST-EM: every iteration starts from the start
         bump_weights_version(self.policy)
-        self.plan = t.epochs * math.ceil(batch["kept"] / t.batch_size)
+        self.plan = t.epochs * math.ceil(batch.kept / t.batch_size)
         self.trainer = self.make_trainer(self.policy)
         select_s0 = self.engine.stats.seconds.get("restem_select", 0.0)
         if self.opts.select and self.start_acc is None:
             self.start_acc = self.validation_acc(("start",))
         accs, chosen, best, stats, trained = [self.start_acc], 0, None, Counter(), 0
-        for epoch in range(1, t.epochs + 1 if batch["kept"] else 1):
+        for epoch in range(1, t.epochs + 1 if batch.kept else 1):
             stats.update(self.train_epoch(batch, epoch))
             trained = epoch
             if not self.opts.select:
@@ -125,7 +134,6 @@ class RestEM(Algorithm):
             if epoch < t.epochs:                              # a later epoch may still be worse: remember this one
                 best = snapshot(self.policy)
         # Health of the fine-tune before the selection may go back to the start (the run loop finds no trainer left).
-        from harness.backends import movement_stats          # (lazy, as make_trainer's import)
         health = movement_stats("policy", self.trainer, self.cfg, it + 1)
         if chosen < trained:                                  # the last trained epoch was not chosen: go back
             self.policy.load_state_dict(best if chosen else self.start)
@@ -133,23 +141,23 @@ class RestEM(Algorithm):
         self.trainers.pop("policy")                           # nothing of the optimizer outlives the iteration:
         self.trainer = None                                   # the checkpoint is the policy's weights alone
         steps = max(stats.pop("steps", 0), 1)
-        out = {**batch["info"], **health, **{k: v / steps for k, v in stats.items()}, "epochs_trained": trained,
+        out = {**batch.info, **health, **{k: v / steps for k, v in stats.items()}, "epochs_trained": trained,
                "chosen_epoch": chosen, "iteration_steps": self.plan,
                "t_select": round(self.engine.stats.seconds.get("restem_select", 0.0) - select_s0, 4)}
         if self.opts.select:
             out.update(select_acc=accs[chosen], start_acc=self.start_acc)
         return out
 
-    def train_epoch(self, batch: dict, epoch: int) -> Counter:
-        t, n = self.cfg.train, batch["kept"]
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed(batch["iteration"], "epoch", epoch)))
+    def train_epoch(self, batch: Kept, epoch: int) -> Counter:
+        t, n, sol = self.cfg.train, batch.kept, batch.solutions
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed(batch.iteration, "epoch", epoch)))
         stats = Counter()
         for i in range(0, n, t.batch_size):
             rows = order[i:i + t.batch_size]
             for k in range(0, len(rows), t.micro_batch_size):
                 mrows = rows[k:k + t.micro_batch_size]
-                mask = batch["mask"][mrows].to(self.device)
-                logp = self.logprobs(self.trainer.model, batch, self.temperature, mrows, grad=True)
+                mask = sol.mask[mrows].to(self.device)
+                logp = self.logprobs(self.trainer.model, sol, self.temperature, mrows, grad=True)
                 nll = -(logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)   # mean over each solution's tokens
                 self.trainer.backward(nll.sum() / len(rows))              # mean over the batch's solutions
                 stats["loss"] += float(nll.detach().sum()) / len(rows)

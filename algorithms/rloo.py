@@ -14,11 +14,10 @@ Their scale (|A| <= 1) is not normalised, which AdamW's per-parameter step norma
 """
 from __future__ import annotations
 
-import torch
-
 from algorithms import register
+from algorithms.base import check_samples_per_prompt
 from algorithms.losses import leave_one_out
-from algorithms.onpolicy import OnPolicy
+from algorithms.onpolicy import Advantages, OnPolicy, Rollouts
 
 
 @register("rloo")
@@ -27,9 +26,7 @@ class RLOO(OnPolicy):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        if cfg.train.samples_per_prompt < 2:
-            raise ValueError(f"rloo's baseline is the other samples of the prompt: train.samples_per_prompt must be "
-                             f">= 2 (got {cfg.train.samples_per_prompt})")
+        check_samples_per_prompt(cfg, f"{cls.name}'s baseline is the other samples of the prompt")
 
-    def advantages(self, batch: dict) -> torch.Tensor:
-        return leave_one_out(batch["rewards"], batch["groups"])[:, None] * batch["mask"]
+    def advantages(self, batch: Rollouts) -> Advantages:
+        return Advantages(leave_one_out(batch.rewards, batch.groups)[:, None] * batch.mask)

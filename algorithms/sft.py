@@ -7,7 +7,7 @@ import random
 import torch
 
 from algorithms import register
-from algorithms.base import Algorithm
+from algorithms.base import Algorithm, Padded
 from algorithms.losses import masked_mean
 
 
@@ -24,18 +24,18 @@ class SFT(Algorithm):
     def total_steps(self) -> int:
         return self.cfg.train.iterations
 
-    def collect(self, iteration: int) -> dict:
+    def collect(self, iteration: int) -> Padded:
         problems = self.prompt_batch(iteration, self.cfg.train.batch_size)
         rng = random.Random(self.seed(iteration, "demos"))
         prompts = [self.engine.encode_prompt(self.task.prompt(p)) for p in problems]
         targets = [self.encode(self.task.sft_target(p, rng)) + [self.tokenizer.eos_token_id] for p in problems]
         return self.pad(prompts, targets)
 
-    def update(self, batch: dict) -> dict[str, float]:
-        tokens = float(batch["mask"].sum())
+    def update(self, batch: Padded) -> dict[str, float]:
+        tokens = float(batch.mask.sum())
         total = 0.0
-        for rows, w in self.micro_batches(torch.arange(len(batch["mask"]))):
-            mask = batch["mask"][rows].to(self.device)
+        for rows, w in self.micro_batches(torch.arange(len(batch.mask))):
+            mask = batch.mask[rows].to(self.device)
             logp = self.logprobs(self.trainer.model, batch, 1.0, rows, grad=True)
             loss = -masked_mean(logp, mask) * float(mask.sum()) / tokens * w
             self.trainer.backward(loss)

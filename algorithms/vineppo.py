@@ -11,7 +11,8 @@ on. Only the first `max_states` states s_0 .. s_{N-1} are estimated; the rest ar
 those steps get advantage 0 (the authors' GSM8K `max_step_for_value_estimation: 25` estimates s_0 .. s_25, i.e.
 max_states 26). A rollout may generate up to the response's remaining budget (max_new_tokens - prefix), or with
 `mc_context` set the authors' min(max_new_tokens, mc_context - prompt - prefix), which lets a rollout from a deep
-state run past the response's own limit. The policy update is the shared PPO one (algorithms/onpolicy.py).
+state run past the response's own limit. advantages() returns the token advantages with the estimator's counts
+(MCAdvantages); the policy update is the shared PPO one (algorithms/onpolicy.py).
 
 Reused continuations (`reuse`): a rollout from s_i whose first tokens are exactly step y_i is, from there on, a
 sample from pi(. | s_{i+1}) (the policy only sees its prefix), with the same reward and the same remaining token
@@ -23,6 +24,7 @@ deep in a response, whose parents mostly continue along the response, cost a fra
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,8 +32,30 @@ from pydantic import BaseModel, ConfigDict, Field
 from algorithms import register
 from algorithms.base import token_char_offsets
 from algorithms.losses import step_advantages
-from algorithms.onpolicy import OnPolicy
-from harness.tasks import grade_many
+from algorithms.onpolicy import Advantages, OnPolicy, Rollouts
+from harness import tasks
+
+
+def step_cuts(task, tokenizer, sample) -> tuple[list[int], list[int], list[int]]:
+    """(body token ids, token start offsets, cut per step state): the response's tokens without a final EOS, the
+    start character of each in the decoded text, and for step state s_i the number of body tokens it keeps, cut[i],
+    i.e. the first token starting at/after step i's first character (what the policy actually saw)."""
+    eos = tokenizer.eos_token_id
+    body = sample.token_ids[:-1] if sample.token_ids and sample.token_ids[-1] == eos else sample.token_ids
+    offsets = token_char_offsets(tokenizer, body)
+    bounds = [0]
+    for s in task.split_steps(sample.text)[:-1]:
+        bounds.append(bounds[-1] + len(s))
+    return body, offsets, [bisect.bisect_left(offsets, b) for b in bounds]
+
+
+@dataclass
+class MCAdvantages(Advantages):
+    """Step advantages painted on the tokens, and what the estimate cost (the iteration's mc_* metrics)."""
+    states: int                # unique states estimated (identical prefixes across the batch count once)
+    state_refs: int            # step-boundary states of all responses, before deduplication
+    rollouts: int              # continuations sampled for the estimates
+    value_mean: float          # mean V over the estimated states of all responses
 
 
 @register("vineppo")
@@ -51,7 +75,6 @@ class VinePPO(OnPolicy):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        from harness import tasks
         # A stop string straddling a step boundary cuts a parent's rollout but not a fresh sample of the next state
         # (engines look for stop strings in generated text only), so reuse is exact only without stop strings.
         if cfg.algo.get("reuse") and tasks.get(cfg.task["name"]).stop:
@@ -69,30 +92,21 @@ class VinePPO(OnPolicy):
 
     def budget(self, prompt: list[int], prefix: list[int]) -> int:
         """New tokens a rollout from prompt + prefix may generate (>= 1). (Also called with another algorithm as
-        `self` by harness/analyze.py, whose options have no mc_context.)"""
+        `self` by harness/analysis/values.py, whose options have no mc_context.)"""
         m, context = self.cfg.sampling.max_new_tokens, getattr(self.opts, "mc_context", None)
         if context is None:
             return m - len(prefix)
         return max(1, min(m, context - len(prompt) - len(prefix)))
 
-    def advantages(self, batch: dict) -> torch.Tensor:
-        samples, problems, prompts = batch["samples"], batch["problems"], batch["prompts"]
-        eos = self.tokenizer.eos_token_id
+    def advantages(self, batch: Rollouts) -> MCAdvantages:
+        samples, problems, prompts = batch.samples, batch.problems, batch.prompts
         # 1. Step-boundary states of every response, as token prefixes (what the policy actually saw).
-        trajs = []
-        for x, reward in zip(samples, batch["rewards"].tolist()):
-            steps = self.task.split_steps(x.text)
-            body = x.token_ids[:-1] if x.token_ids and x.token_ids[-1] == eos else x.token_ids
-            offsets = token_char_offsets(self.tokenizer, body)
-            bounds = [0]
-            for s in steps[:-1]:
-                bounds.append(bounds[-1] + len(s))
-            cut = [bisect.bisect_left(offsets, b) for b in bounds]     # first token starting at/after the boundary
-            trajs.append((x, reward, body, offsets, bounds, cut))
+        trajs = [(x, reward, *step_cuts(self.task, self.tokenizer, x))
+                 for x, reward in zip(samples, batch.rewards.tolist())]
         # 2. One MC estimate per unique state.
         states: dict[tuple, int] = {}
         requests, parent = [], []
-        for x, _, body, offsets, bounds, cut in trajs:
+        for x, _, body, offsets, cut in trajs:
             up = None
             for i, k in enumerate(cut[:self.opts.max_states]):
                 key = (x.prompt_index, tuple(body[:k]))
@@ -103,13 +117,13 @@ class VinePPO(OnPolicy):
                     parent.append(up)
                 up = states[key]
         if self.reuse:
-            values, fresh = self.tree_values(requests, parent, problems, prompts, batch["iteration"])
+            values, fresh = self.tree_values(requests, parent, problems, prompts, batch.iteration)
         else:
-            values, fresh = self.mc_values(requests, problems, prompts, batch["iteration"]), len(requests) * self.opts.K
+            values, fresh = self.mc_values(requests, problems, prompts, batch.iteration), len(requests) * self.opts.K
         # 3. Step advantages, painted onto the tokens of each step.
-        adv = torch.zeros_like(batch["mask"])
+        adv = torch.zeros_like(batch.mask)
         est_values = []
-        for b, (x, reward, body, offsets, bounds, cut) in enumerate(trajs):
+        for b, (x, reward, body, offsets, cut) in enumerate(trajs):
             n_est = len(cut) if self.opts.max_states is None else min(len(cut), self.opts.max_states)
             v = [values[states[(x.prompt_index, tuple(body[:k]))]] for k in cut[:n_est]]
             est_values += v
@@ -120,9 +134,8 @@ class VinePPO(OnPolicy):
             tok_adv += [a_step[-1]] * (len(x.token_ids) - len(body))   # EOS takes the last step's advantage
             start = len(prompts[x.prompt_index]) - 1
             adv[b, start:start + len(tok_adv)] = torch.tensor(tok_adv)
-        batch["vine"] = {"states": len(requests), "state_refs": sum(len(t[5]) for t in trajs), "rollouts": fresh,
-                         "value_mean": sum(est_values) / max(len(est_values), 1)}
-        return adv
+        return MCAdvantages(adv, states=len(requests), state_refs=sum(len(t[4]) for t in trajs), rollouts=fresh,
+                            value_mean=sum(est_values) / max(len(est_values), 1))
 
     def mc_values(self, requests, problems, prompts, iteration, K: int | None = None, seed_tag="mc") -> list[float]:
         """V(s) for each request (prompt index, response-prefix token ids, prefix text): the mean 0/1 reward of K
@@ -135,8 +148,8 @@ class VinePPO(OnPolicy):
                                     max_new_tokens=[VinePPO.budget(self, prompts[p], ids) for p, ids, _ in requests],
                                     stop=self.task.stop, seed=self.seed(iteration, seed_tag), tag="mc_rollouts")
         todo = [(r, k) for r in range(len(requests)) for k in range(K) if outs[r * K + k].finished]
-        grades = grade_many(self.task, [(requests[r][2] + outs[r * K + k].text, problems[requests[r][0]]["answer"])
-                                        for r, k in todo])
+        grades = tasks.grade_many(self.task, [(requests[r][2] + outs[r * K + k].text,
+                                               problems[requests[r][0]]["answer"]) for r, k in todo])
         sums = [0.0] * len(requests)
         for (r, _), g in zip(todo, grades):
             sums[r] += g
@@ -162,8 +175,9 @@ class VinePPO(OnPolicy):
                                         stop=self.task.stop, seed=self.seed(iteration, f"mc-{depth}"),
                                         tag="mc_rollouts")
             done = [k for k, x in enumerate(outs) if x.finished]
-            grades = dict(zip(done, grade_many(self.task, [(requests[need[k]][2] + outs[k].text,
-                                                            problems[requests[need[k]][0]]["answer"]) for k in done])))
+            grades = dict(zip(done, tasks.grade_many(self.task, [(requests[need[k]][2] + outs[k].text,
+                                                                  problems[requests[need[k]][0]]["answer"])
+                                                                 for k in done])))
             for k, (r, x) in enumerate(zip(need, outs)):
                 pool[r].append((x.token_ids, grades.get(k, 0.0)))      # unfinished = 0
             fresh += len(need)
@@ -174,9 +188,9 @@ class VinePPO(OnPolicy):
             level, depth = [c for r in level for c in children[r]], depth + 1
         return [sum(g for _, g in p) / len(p) for p in pool], fresh
 
-    def batch_metrics(self, batch: dict) -> dict[str, float]:
+    def batch_metrics(self, batch: Rollouts) -> dict[str, float]:
         out = super().batch_metrics(batch)
-        v = batch["vine"]
-        out.update(mc_states=v["states"], mc_rollouts=v["rollouts"], mc_value_mean=v["value_mean"],
-                   mc_dedup=1.0 - v["states"] / max(v["state_refs"], 1))
+        a = batch.advantages
+        out.update(mc_states=a.states, mc_rollouts=a.rollouts, mc_value_mean=a.value_mean,
+                   mc_dedup=1.0 - a.states / max(a.state_refs, 1))
         return out

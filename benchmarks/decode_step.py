@@ -19,10 +19,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from harness import tasks  # noqa: E402
+from harness import tasks# noqa: E402
 from harness.config import ModelConfig  # noqa: E402
-from harness.engines.hf import HFEngine, sample_tokens  # noqa: E402
-from harness.models import load  # noqa: E402
+from harness.runtime.engines.hf import HFEngine, sample_tokens  # noqa: E402
+from harness.runtime.models import load  # noqa: E402
 
 
 def main() -> int:

@@ -35,9 +35,9 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.backends import TorchTrainer  # noqa: E402
-from harness.engines.hf import HFEngine  # noqa: E402
-from harness.models import CHARS, SPECIALS  # noqa: E402
+from harness.runtime.backends import TorchTrainer  # noqa: E402
+from harness.runtime.engines.hf import HFEngine  # noqa: E402
+from harness.runtime.models import CHARS, SPECIALS  # noqa: E402
 
 SIZES = {"1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
                     intermediate_size=5632, vocab_size=32000),
@@ -199,7 +199,7 @@ def main() -> int:
         if importlib.util.find_spec("vllm") is None:
             note("gen", "vllm not installed (vLLM engine rows)")
         else:
-            from harness.engines.vllm import VLLMEngine
+            from harness.runtime.engines.vllm import VLLMEngine
             ecfg = SimpleNamespace(dtype="bfloat16" if device.type == "cuda" else "float32",
                                    gpu_memory_utilization=0.5, enable_prefix_caching=True, sleep=False,
                                    max_model_len=2048, enforce_eager=False, kv_cache_gb=1)
@@ -217,7 +217,7 @@ def main() -> int:
         if importlib.util.find_spec("deepspeed") is None or importlib.util.find_spec("pydantic") is None:
             note("train", "deepspeed (or pydantic) not installed (DeepSpeed row)")
         else:
-            from harness.backends import DeepSpeedTrainer
+            from harness.runtime.backends import DeepSpeedTrainer
             bcfg = SimpleNamespace(zero_stage=2, offload_optimizer=False, torch_adam=True, bf16_weights=False,
                                    extensions_dir=None)
             ds_policy = model(a.size, tok, device)

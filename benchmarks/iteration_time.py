@@ -21,9 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import algorithms  # noqa: E402
-from harness import models, tasks  # noqa: E402
+from harness import tasks
+from harness.runtime import models# noqa: E402
 from harness.config import load_sweep, output_dir  # noqa: E402
-from harness.engines.hf import HFEngine  # noqa: E402
+from harness.runtime.engines.hf import HFEngine  # noqa: E402
 
 
 def measure(cfg, start: Path, iterations: int, attn: str | None) -> dict:

@@ -4,8 +4,8 @@ reference (relative error, cosine), worst parameters first.
     python benchmarks/precision_grads.py [--threads 1]
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python benchmarks/precision_grads.py    # the same CPU without AMX kernels
 
-Shows whether bf16 breaks one op (one parameter's gradient far off) or perturbs all of them alike (README "The tiny
-task: a robust SFT start").
+Shows whether bf16 breaks one op (one parameter's gradient far off) or perturbs all of them alike (docs/tasks.md
+"Precision").
 """
 import argparse
 import random
@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sft_phases import encode  # noqa: E402
-from harness import models  # noqa: E402
+from harness.runtime import models# noqa: E402
 from harness.tasks.arithmetic import Arithmetic  # noqa: E402
 
 

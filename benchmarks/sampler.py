@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.config import ModelConfig  # noqa: E402
-from harness.engines.hf import sample_tokens  # noqa: E402
-from harness.models import load  # noqa: E402
+from harness.runtime.engines.hf import sample_tokens  # noqa: E402
+from harness.runtime.models import load  # noqa: E402
 
 TEXT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
         "clips did Natalia sell altogether in April and May? Natalia sold 48/2 = 24 clips in May. Natalia sold "

@@ -7,7 +7,7 @@ operation (lab), fetch its operator (op) and operand (b) from the prompt by that
 (res+, res-, res*). This trains the tiny Llama like algorithms/sft.py (AdamW, grad clip 1, linear warmup, batches of
 noisy demonstrations) and prints, every --every steps, the error rate of each kind and the share of validation
 solutions predicted exactly (~ greedy accuracy). It shows the order in which the skills are learned and which one a
-recipe gets stuck on (see README "The tiny task: a robust SFT start").
+recipe gets stuck on (see docs/tasks.md "A robust SFT start").
 """
 import argparse
 import math
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import models  # noqa: E402
+from harness.runtime import models# noqa: E402
 from harness.tasks.arithmetic import Arithmetic  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.metrics import read_jsonl  # noqa: E402
+from harness.core.metrics import read_jsonl  # noqa: E402
 
 
 def main() -> int:

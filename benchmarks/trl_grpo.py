@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import algorithms  # noqa: E402
-from harness import models  # noqa: E402
+from harness.runtime import models# noqa: E402
 from harness.config import RunConfig  # noqa: E402
-from harness.engines.hf import HFEngine  # noqa: E402
+from harness.runtime.engines.hf import HFEngine  # noqa: E402
 
 
 class BenchTask:

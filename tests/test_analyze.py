@@ -1,4 +1,4 @@
-"""The value analysis (harness/analyze.py): the metrics on exact inputs, the states and the critic alignment against
+"""The value analysis (harness/analysis/values.py): the metrics on exact inputs, the states and the critic alignment against
 what training used, and the ground-truth estimator on a hand-built stochastic environment with exactly known values."""
 import math
 import random
@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import algorithms
-from algorithms.base import derive_seed
-from harness import analyze
-from harness.analyze import mae, response_states, top1
+from algorithms.onpolicy import Rollouts
+from harness.core.seeding import derive_seed
+from harness.analysis import values as analyze
+from harness.analysis.values import mae, response_states, top1
 from harness.config import RunConfig
-from harness.engines.hf import Sample
-from harness.models import tiny_llama
+from harness.runtime.engines.hf import Sample
+from harness.runtime.models import tiny_llama
 from harness.tasks import get
 from test_vineppo import RESPONSE, build
 
@@ -51,9 +52,9 @@ def test_states_are_vineppos_states(tok_name, request):
     seen = []
     algo.mc_values = lambda requests, *a, **k: seen.extend(requests) or [0.5] * len(requests)
     algo.advantages(batch)
-    ours = {(s.p, tuple(s.seq[:s.k]), s.text) for s in response_states(algo.task, tok, batch["samples"])}
+    ours = {(s.p, tuple(s.seq[:s.k]), s.text) for s in response_states(algo.task, tok, batch.samples)}
     assert ours == {(p, tuple(ids), text) for p, ids, text in seen}
-    steps = [s.step for s in response_states(algo.task, tok, batch["samples"][:1])]
+    steps = [s.step for s in response_states(algo.task, tok, batch.samples[:1])]
     assert steps == [0, 1, 2]
 
 
@@ -66,13 +67,13 @@ def test_critic_read_where_gae_read_it(char_tok):
     prompt = [char_tok.bos_token_id] + char_tok("1a+1b+3=", add_special_tokens=False)["input_ids"]
     samples = [Sample(0, char_tok(t, add_special_tokens=False)["input_ids"] + [char_tok.eos_token_id], t, True)
                for t in (RESPONSE, "1a+1=3;3b+3=6;#6")]
-    batch = ppo.pad([prompt] * 2, [s.token_ids for s in samples])
-    batch["rewards"] = torch.tensor([1.0, 0.0])
-    ppo.advantages(batch)                                 # fills old_values: V(state before each response token)
+    batch = Rollouts(**vars(ppo.pad([prompt] * 2, [s.token_ids for s in samples])), samples=samples, problems=[{}],
+                     prompts=[prompt], iteration=0, rewards=torch.tensor([1.0, 0.0]), groups=torch.zeros(2).long())
+    old_values = ppo.advantages(batch).old_values          # V(state before each response token)
     states = response_states(task, char_tok, samples)
     got = analyze.critic_values(ppo, states, [prompt])
     b_of = [0] * 3 + [1] * 3
-    expect = [float(batch["old_values"][b, len(prompt) - 1 + s.k]) for b, s in zip(b_of, states)]
+    expect = [float(old_values[b, len(prompt) - 1 + s.k]) for b, s in zip(b_of, states)]
     assert got == pytest.approx(expect, abs=1e-6)
     # ... which is the critic's output at the state's last token, whatever follows it (causal)
     s = states[4]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from harness.config import ConfigError, dump_yaml, load_sweep
-from harness.metrics import read_jsonl
+from harness.core.metrics import read_jsonl
 
-from helpers import ROOT, strip_timing
+from helpers import MINI, MINI_MODEL, MINI_TASK, ROOT, strip_timing
 
 LINEAR = torch.nn.functional.linear          # ZeRO-3 must not replace it for the rest of the process
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))   # JIT ops, built once
@@ -22,10 +22,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_exten
 SWEEP = """
 name: b
 defaults:
-  task: {name: arithmetic, n_train: 200, n_validation: 8, n_test: 8, min_ops: 2, max_ops: 3}
-  model: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64}
-  sampling: {temperature: 1.0, top_p: 1.0, max_new_tokens: 24}
-  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 2, batch_size: 8, micro_batch_size: 3,
+""" + MINI_TASK + MINI_MODEL + """  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 2, batch_size: 8, micro_batch_size: 3,
           lr: 1.0e-3, precision: fp32, iterations: ITERS, checkpoint_every: 1}
   eval: {every: 0, samples: 1, temperature: 1.0, top_p: 1.0, greedy: false, at_start: false}
   threads: 1
@@ -75,7 +72,7 @@ def final_weights(run_dir):
 @pytest.fixture(scope="module")
 def torch_sft(tmp_path_factory):
     """The torch-backend reference run (SFT, 4 steps of 3 micro-batches of a minibatch of 8)."""
-    from harness.run import execute
+    from harness.train.job import execute
     tmp = tmp_path_factory.mktemp("ref")
     ref, _ = make_runs(tmp, "sft", "{name: deepspeed}")
     execute(ref, threads=1)
@@ -85,7 +82,7 @@ def torch_sft(tmp_path_factory):
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_deepspeed_one_process_matches_torch(tmp_path, torch_sft, stage):
     pytest.importorskip("deepspeed")
-    from harness.run import execute
+    from harness.train.job import execute
     _, ds = make_runs(tmp_path, "sft", f"{{name: deepspeed, zero_stage: {stage}}}")
     assert execute(ds, threads=1) == "done"
     assert_same_trajectory(torch_sft, ds)
@@ -98,7 +95,7 @@ def test_deepspeed_two_models_ppo_matches_torch(tmp_path, stage):
     """PPO trains a policy and a critic (two DeepSpeed engines); generation samples the trained policy (ZeRO-3:
     the HF engine's own copy, synced after every update)."""
     pytest.importorskip("deepspeed")
-    from harness.run import execute
+    from harness.train.job import execute
     ref, ds = make_runs(tmp_path, "ppo", f"{{name: deepspeed, zero_stage: {stage}}}", iters=3)
     execute(ref, threads=1)
     execute(ds, threads=1)
@@ -111,14 +108,17 @@ def test_zero3_generation_copy_follows_training(tmp_path):
     the trainer's gather) makes that copy equal to the trained weights."""
     pytest.importorskip("deepspeed")
     import algorithms
-    from harness import dist, engines, models, tasks
+    from harness import tasks
+    from harness.runtime import dist
+    from harness.train.build import build_engine
+    from harness.runtime import models
     from harness.config import load_run_config
     _, ds = make_runs(tmp_path, "sft", "{name: deepspeed, zero_stage: 3}")
     cfg = load_run_config(ds / "config.yaml")
     tok, policy = models.load(cfg.model)
     policy.to(dist.device())                      # as the run loop does, before anything wraps or copies it
     task_cls = tasks.get(cfg.task["name"])
-    engine = engines.build(cfg, policy, tok)
+    engine = build_engine(cfg, policy, tok)
     assert engine.model is not policy
     algo = algorithms.get("sft")(cfg, policy, tok, engine, task_cls(task_cls.Config(**cfg.task)))
     before = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
@@ -138,7 +138,7 @@ def test_deepspeed_two_processes_match_torch(tmp_path, torch_sft, stage):
     """2 processes (torchrun, gloo): each takes half of every minibatch's rows; the gradient is the sum of their
     shares, so the trajectory is the one-process one. ZeRO-3's final/ is gathered from both processes' shards."""
     pytest.importorskip("deepspeed")
-    from harness.run import execute
+    from harness.train.job import execute
     _, ds = make_runs(tmp_path, "sft", f"{{name: deepspeed, zero_stage: {stage}, processes: 2}}")
     assert execute(ds, threads=1) == "done"
     assert json.loads((ds / "status.json").read_text())["processes"] == 2
@@ -152,7 +152,7 @@ def test_deepspeed_two_processes_rl_runs_and_resumes_exactly(tmp_path):
     """PPO on 2 processes, ZeRO-3 (HF engine on its own weight copy, synced each iteration): killed after a
     checkpoint and resumed, it writes exactly the rows of an uninterrupted run (timing columns aside)."""
     pytest.importorskip("deepspeed")
-    from harness.run import execute
+    from harness.train.job import execute
     backend = "{name: deepspeed, zero_stage: 3, processes: 2}"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -181,7 +181,6 @@ def test_deepspeed_two_processes_rl_runs_and_resumes_exactly(tmp_path):
 def test_tiny_sweep_runs_with_deepspeed(tmp_path):
     """The end-to-end mini sweep (SFT -> PPO, VinePPO x 2 seeds) with backend: deepspeed, then the plots."""
     pytest.importorskip("deepspeed")
-    from test_e2e import MINI
     text = textwrap.dedent(MINI).replace("  progress: false\n",
                                          "  progress: false\n  backend: {name: deepspeed, zero_stage: 2}\n")
     (tmp_path / "mini.yaml").write_text(text)
@@ -227,7 +226,7 @@ def test_backend_and_engine_mistakes_are_named(tmp_path, patch, needles):
 
 
 def test_learning_rate_schedule_is_pinned():
-    from harness.backends import lr_factor
+    from harness.runtime.backends import lr_factor
     from harness.config import TrainConfig
     f = lr_factor(TrainConfig(warmup_ratio=0.2, schedule="linear"), total=10)        # warm = 2 steps
     assert [round(f(s), 6) for s in range(11)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
@@ -241,7 +240,7 @@ def test_learning_rate_schedule_is_pinned():
 def test_deepspeed_zero_bf16_checkpoint_resumes(tmp_path, stage):
     """ZeRO-1/2 in bf16 mode (the 7B rows of table1) keeps three of DeepSpeed's data classes in its optimizer
     states: the checked loader admits them, so a stopped run resumes (the table1 rehearsal found them refused)."""
-    from harness.run import execute
+    from harness.train.job import execute
     d = make_runs(tmp_path, "sft", f"{{name: deepspeed, zero_stage: {stage}, bf16_weights: true}}", iters=2)[1]
     assert execute(d, threads=1, stop_after=1) == "stopped"
     assert execute(d, threads=1) == "done"
@@ -252,7 +251,7 @@ def test_deepspeed_bf16_mode_moves_its_fp32_master_weights_at_lr_1e6(tmp_path):
     """table1's precision (bf16 weights, fp32 master copy, ZeRO-0): every step at lr 1e-6 moves the master copy,
     which is what the movement metrics and the Stuck check read (the bf16 weights themselves change only when the
     master crosses a bf16 step)."""
-    from harness.run import execute
+    from harness.train.job import execute
     d = make_runs(tmp_path, "sft", "{name: deepspeed, zero_stage: 0, bf16_weights: true}", iters=2)[1]
     text = (d / "config.yaml").read_text()
     assert "lr: 0.001" in text and "dtype: float32" in text

@@ -4,16 +4,18 @@ Models and tokenizers are real (a tiny Llama, the char tokenizer); the engine is
 correct, and what validation accuracy each checkpoint gets, is known exactly."""
 import copy
 import random
+from dataclasses import replace
 
 import pytest
 import torch
 
 import algorithms
 from algorithms.dpo import make_pairs
-from algorithms.restem import keep_correct
+from algorithms.onpolicy import Rollouts
+from algorithms.restem import Kept, keep_correct
 from harness.config import ConfigError, RunConfig, load_sweep
-from harness.engines.hf import EngineStats, Sample
-from harness.models import tiny_llama
+from harness.runtime.engines.hf import EngineStats, Sample
+from harness.runtime.models import tiny_llama
 from harness.tasks import get
 
 # --- pure helpers -------------------------------------------------------------------------------------------------
@@ -113,8 +115,10 @@ def hand_batch(algo, tok, rewards, groups, lengths):
     prompt = algo.engine.encode_prompt("1a+2=")
     samples = [Sample(g, [tok.convert_tokens_to_ids("#")] * (n - 1) + [tok.eos_token_id], "#" * (n - 1), True)
                for g, n in zip(groups, lengths)]
-    batch = algo.pad([prompt] * len(samples), [s.token_ids for s in samples])
-    batch.update(rewards=torch.tensor(rewards), groups=torch.tensor(groups), samples=samples, iteration=0)
+    batch = Rollouts(**vars(algo.pad([prompt] * len(samples), [s.token_ids for s in samples])), samples=samples,
+                     problems=[{"question": "1a+2=", "answer": "3"}] * (max(groups) + 1),
+                     prompts=[prompt] * (max(groups) + 1), iteration=0, rewards=torch.tensor(rewards),
+                     groups=torch.tensor(groups))
     return batch, len(prompt)
 
 
@@ -123,7 +127,7 @@ def test_advantage_column_on_a_hand_built_batch(name, char_tok):
     algo, _ = build(name, char_tok)
     rewards, groups, lengths = [1., 0., 0., 0., 1., 1., 0., 1.], [0, 0, 0, 0, 1, 1, 1, 1], [2, 4, 3, 4, 2, 2, 5, 1]
     batch, plen = hand_batch(algo, char_tok, rewards, groups, lengths)
-    adv = algo.advantages(batch)
+    adv = algo.advantages(batch).adv
     if name == "grpo":   # group 0: mean .25, unbiased std .5; group 1: mean .75, std .5 (eps 1e-4)
         per_seq = [(1 - .25) / .5001, -.25 / .5001, -.25 / .5001, -.25 / .5001,
                    .25 / .5001, .25 / .5001, -.75 / .5001, .25 / .5001]
@@ -133,6 +137,22 @@ def test_advantage_column_on_a_hand_built_batch(name, char_tok):
         row = adv[b].tolist()
         assert row[plen - 1:plen - 1 + n] == pytest.approx([a] * n, abs=1e-6)      # every response token
         assert all(v == 0 for v in row[:plen - 1] + row[plen - 1 + n:])              # nothing else
+
+
+@pytest.mark.parametrize("name", ["ppo", "grpo", "rloo"])
+def test_advantages_return_what_collect_stores_and_leave_the_batch_alone(name, char_tok):
+    algo, _ = build(name, char_tok, train={"kl_coef": 0.1})
+    batch = algo.collect(0)
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else list(v) if isinstance(v, list) else v
+              for k, v in vars(batch).items()}
+    a = algo.advantages(batch)
+    assert all(torch.equal(v, getattr(batch, k)) if isinstance(v, torch.Tensor) else v == getattr(batch, k)
+               for k, v in before.items())
+    assert batch.advantages is before["advantages"] and type(a) is type(batch.advantages)
+    assert torch.equal(a.adv * batch.mask, batch.advantages.adv)
+    if name == "ppo":                        # the critic's targets travel with the advantages, not in the batch
+        assert torch.equal(a.old_values, batch.advantages.old_values)
+        assert torch.equal(a.returns, batch.advantages.returns)
 
 
 def test_the_first_minibatch_takes_its_old_log_probs_from_its_own_training_pass(char_tok, monkeypatch):
@@ -150,14 +170,14 @@ def test_the_first_minibatch_takes_its_old_log_probs_from_its_own_training_pass(
     monkeypatch.setattr(onpolicy, "clipped_surrogate", spy)
     batch = algo.collect(0)
     full = algo.logprobs_batched(copy.deepcopy(algo.policy), batch, algo.temperature)
-    mask, first = batch["mask"], batch["own_old_rows"]
+    mask, first = batch.mask, batch.own_old_rows
     rest = torch.tensor([i for i in range(len(mask)) if i not in first.tolist()])
-    assert len(first) == 8 and (batch["old_logp"][first] == 0).all()             # not computed in collect
-    assert torch.equal(batch["old_logp"][rest], full[rest])
+    assert len(first) == 8 and (batch.old_logp[first] == 0).all()                # not computed in collect
+    assert torch.equal(batch.old_logp[rest], full[rest])
     before = params(algo.policy)
     algo.update(batch)
     assert not same(before, params(algo.policy))
-    assert torch.allclose(batch["old_logp"] * mask, full * mask, atol=1e-5)       # as one full pass before
+    assert torch.allclose(batch.old_logp * mask, full * mask, atol=1e-5)          # as one full pass before
     assert len(ratios) == 8 and ratios[:2] == [1.0, 1.0]                          # 2 epochs x 2 minibatches x 2
     assert all(abs(r - 1) > 1e-7 for r in ratios[2:])
 
@@ -171,18 +191,18 @@ def test_length_grouped_trimmed_micro_batches_give_the_one_micro_batch_update(na
     for mb in (16, 3):
         algo, _ = build(name, char_tok, train={"batch_size": 16, "micro_batch_size": mb, "kl_coef": 0.1})
         batch = algo.collect(0)
-        lengths = batch["attention_mask"].sum(-1)
+        lengths = batch.attention_mask.sum(-1)
         assert len(set(lengths.tolist())) > 2                                      # rows of several lengths
         if mb == 3:
             chunks = [r for r, _ in algo.micro_batches(torch.arange(16), lengths)]
             assert [len(r) for r in chunks] == [3, 3, 3, 3, 3, 1]
             assert all(lengths[a].min() >= lengths[b].max() for a, b in zip(chunks, chunks[1:]))   # longest first
-            assert trim(batch, chunks[-1])[0].shape[1] < batch["input_ids"].shape[1]                # trimmed
+            assert trim(batch, chunks[-1])[0].shape[1] < batch.input_ids.shape[1]                  # trimmed
             lp = algo.logprobs(algo.policy, batch, 1.0, chunks[-1])
-            wide = {**batch, "input_ids": torch.nn.functional.pad(batch["input_ids"], (0, 5)),
-                    "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, 5))}
+            wide = replace(batch, input_ids=torch.nn.functional.pad(batch.input_ids, (0, 5)),
+                           attention_mask=torch.nn.functional.pad(batch.attention_mask, (0, 5)))
             full = algo.logprobs(algo.policy, wide, 1.0, chunks[-1])[:, :lp.shape[1]]
-            m = batch["mask"][chunks[-1]]
+            m = batch.mask[chunks[-1]]
             assert lp.shape == m.shape and torch.allclose(lp * m, full * m, atol=1e-5)
         algo.update(batch)
         runs[mb] = params(algo.policy) + (params(algo.critic) if name == "ppo" else [])
@@ -197,9 +217,9 @@ def test_whitening_default_per_algorithm(name, whiten_cfg, whitened, char_tok):
     # the advantages the update used: exactly 0 after whitening, the raw column's token mean otherwise.
     algo, _ = build(name, char_tok, train={"whiten_advantages": whiten_cfg, "batch_size": 8, "micro_batch_size": 8})
     batch, _ = hand_batch(algo, char_tok, [1., 0., 0., 0.], [0, 0, 0, 0], [2, 4, 4, 4])
-    batch["old_logp"] = algo.logprobs_batched(algo.policy, batch, algo.temperature)
-    batch["adv"] = algo.advantages(batch)
-    raw_mean = float(batch["adv"].sum() / batch["mask"].sum())    # GRPO: (1.5*2 - .5*12) / 14 (eps aside)
+    batch.old_logp = algo.logprobs_batched(algo.policy, batch, algo.temperature)
+    batch.advantages = algo.advantages(batch)
+    raw_mean = float(batch.advantages.adv.sum() / batch.mask.sum())   # GRPO: (1.5*2 - .5*12) / 14 (eps aside)
     assert abs(raw_mean) > 0.1
     out = algo.update(batch)
     assert out["pg_loss"] == pytest.approx(0.0 if whitened else -raw_mean, abs=1e-5)
@@ -234,15 +254,15 @@ def test_dpo_pairs_plan_schedule_and_counts(char_tok):
     before = params(algo.policy)
     b0 = algo.collect(0)
     assert eng.calls == [("generate", 4, 4, algo.seed(0, "generate"))]
-    assert b0["info"]["pairs"] == 16 and b0["info"]["pair_problems"] == 4 and b0["info"]["train_reward"] == 0.5
-    assert algo.total_steps() == 8 and list(b0["steps"]) == [0, 1]
+    assert b0.info["pairs"] == 16 and b0.info["pair_problems"] == 4 and b0.info["train_reward"] == 0.5
+    assert algo.total_steps() == 8 and list(b0.steps) == [0, 1]
     assert len(algo.data["responses"]) == 16 and len(algo.data["ref"]) == 16
     w, l = algo.data["pairs"][0].tolist()
     assert algo.data["responses"][w][-1] == char_tok.eos_token_id
     out = algo.update(b0)
     assert algo.counts["grad_steps"] == 2 and algo.counts["train_tokens"] > 0 and algo.counts["forward_tokens"] > 0
     assert 0 < out["loss"] and 0 <= out["pref_acc"] <= 1 and not same(before, params(algo.policy))
-    steps = [list(algo.collect(i)["steps"]) for i in (1, 2)]
+    steps = [list(algo.collect(i).steps) for i in (1, 2)]
     assert steps == [[2, 3, 4], [5, 6, 7]]
     assert sorted(torch.cat([algo.step_rows(s) for s in range(4)]).tolist()) == list(range(16))  # epoch 0
     for i in (1, 2):
@@ -271,9 +291,8 @@ def restem_batch(algo, correct_rows):
     """A collect() result whose kept solutions are given directly (to feed the same data to two instances)."""
     prompt = algo.engine.encode_prompt("1a+2=")
     texts = [f"3;#{r}" for r in correct_rows]
-    batch = algo.pad([prompt] * len(texts), [algo.encode(t) + [algo.tokenizer.eos_token_id] for t in texts])
-    batch.update(iteration=0, kept=len(texts), info={})
-    return batch
+    return Kept(0, algo.pad([prompt] * len(texts), [algo.encode(t) + [algo.tokenizer.eos_token_id] for t in texts]),
+                info={})
 
 
 def test_restem_collect_keeps_only_correct_finished_samples(char_tok):
@@ -281,14 +300,14 @@ def test_restem_collect_keeps_only_correct_finished_samples(char_tok):
     algo, eng = build("restem", char_tok)
     b = algo.collect(0)
     assert eng.calls == [("generate", 4, 4, algo.seed(0, "generate"))]
-    assert b["info"]["train_reward"] == 0.5 and b["kept"] == 8 and b["info"]["kept_problems"] == 4
-    resp = [char_tok.decode(r[m.bool()].tolist()) for r, m in zip(b["input_ids"][:, 1:], b["mask"])]
+    assert b.info["train_reward"] == 0.5 and b.kept == 8 and b.info["kept_problems"] == 4
+    resp = [char_tok.decode(r[m.bool()].tolist()) for r, m in zip(b.solutions.input_ids[:, 1:], b.solutions.mask)]
     assert all(r.endswith("<eos>") for r in resp)                         # finished ones only
     answers = [eng.answers[char_tok.decode(r[1:m.bool().nonzero()[0, 0] + 1].tolist())] for r, m in
-               zip(b["input_ids"], b["mask"])]
+               zip(b.solutions.input_ids, b.solutions.mask)]
     assert [r.removesuffix("<eos>") for r in resp] == [f"#{a}" for a in answers]   # and correct ones only
     capped, _ = build("restem", char_tok, algo={"max_per_problem": 1})
-    assert capped.collect(0)["kept"] == 4
+    assert capped.collect(0).kept == 4
 
 
 def test_restem_every_iteration_starts_from_the_starting_checkpoint(char_tok):
@@ -302,7 +321,7 @@ def test_restem_every_iteration_starts_from_the_starting_checkpoint(char_tok):
         return train_epoch(batch, epoch)
     algo.train_epoch = spy
     b0, b1 = restem_batch(algo, [1, 2, 3, 4, 5]), restem_batch(algo, [7, 8, 9])
-    b1["iteration"] = 1
+    b1.iteration = 1
     out0 = algo.update(b0)
     assert not same(start, params(algo.policy)) and out0["chosen_epoch"] == 2 and out0["epochs_trained"] == 2
     algo.update(b1)
@@ -335,7 +354,7 @@ def test_restem_picks_the_last_epoch_before_validation_accuracy_drops(accs, chos
         assert all(torch.equal(algo.policy.state_dict()[k], v) for k, v in algo.start.items())
     # the starting checkpoint's accuracy is measured once per run, not once per iteration
     eng.select_accs = [.625, .5]
-    b["iteration"] = 1
+    b.iteration = 1
     assert algo.update(b)["chosen_epoch"] == 1
     assert [c[0] for c in eng.calls].count("restem_select") == trained + 1 + 2
 
@@ -345,7 +364,7 @@ def test_restem_selects_on_the_weights_it_trained_with_an_engine_that_holds_a_co
     epoch it scores, so the engine is synced before it (here a real HF engine on a separate copy)."""
     import copy
     import algorithms.restem as restem
-    from harness.engines.hf import HFEngine
+    from harness.runtime.engines.hf import HFEngine
     algo, _ = build("restem", char_tok, train={"epochs": 2})
     algo.engine = HFEngine(copy.deepcopy(algo.policy), char_tok, progress=False)
     seen = []

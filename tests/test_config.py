@@ -135,7 +135,7 @@ def test_what_the_refusal_prevents_bf16_weights_barely_move_at_lr_1e6(char_tok):
     import algorithms
     import torch
     from harness.config import RunConfig
-    from harness.models import tiny_llama
+    from harness.runtime.models import tiny_llama
     from harness.tasks import get
     T = get("arithmetic")
     task = T(T.Config(n_train=64, n_validation=4, n_test=4))

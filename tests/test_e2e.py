@@ -8,30 +8,9 @@ import time
 
 import pytest
 
-from harness.metrics import read_jsonl
+from harness.core.metrics import read_jsonl
 
-from helpers import env, sh, strip_timing
-MINI = """
-name: mini
-workers: 2
-defaults:
-  task: {name: arithmetic, n_train: 200, n_validation: 8, n_test: 8, min_ops: 2, max_ops: 3}
-  model: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64}
-  sampling: {temperature: 1.0, top_p: 1.0, max_new_tokens: 24}
-  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 1, batch_size: 8, micro_batch_size: 4,
-          lr: 1.0e-4, checkpoint_every: 1}
-  eval: {every: 2, samples: 2, temperature: 1.0, top_p: 1.0}
-  progress: false
-groups:
-  - name: sft
-    set: {algorithm: sft, train.iterations: 20, train.lr: 3.0e-3, eval.every: 0}
-  - name: rl
-    init_from: sft
-    seeds: [0, 1]
-    variants:
-      - {algorithm: ppo, train.iterations: 3}
-      - {algorithm: vineppo, train.iterations: 3, algo: {K: 2}}
-"""
+from helpers import MINI, env, sh, strip_timing
 
 
 
@@ -86,7 +65,7 @@ def test_sweep_plot_and_rerun(tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_with_identical_metrics(tmp_path):
     from harness.config import dump_yaml, load_sweep
-    from harness.run import execute
+    from harness.train.job import execute
     (tmp_path / "mini.yaml").write_text(textwrap.dedent(MINI).replace("train.iterations: 3}", "train.iterations: 6}"))
     _, runs = load_sweep(tmp_path / "mini.yaml")
     sft, ppo = runs[0], runs[1]

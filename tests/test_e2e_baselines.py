@@ -10,18 +10,16 @@ import time
 
 import pytest
 
-from harness.metrics import read_jsonl
+from harness.core.metrics import read_jsonl
 
-from helpers import env, sh, strip_timing
+from helpers import MINI_MODEL, env, sh, strip_timing
 
 MINI7 = """
 name: mini7
 workers: 2
 defaults:
   task: {name: arithmetic, n_train: 200, n_validation: 8, n_test: 8, min_ops: 1, max_ops: 2, modulus: 4, noise: 0.0}
-  model: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64}
-  sampling: {temperature: 1.0, top_p: 1.0, max_new_tokens: 24}
-  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 1, batch_size: 8, micro_batch_size: 4,
+""" + MINI_MODEL + """  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 1, batch_size: 8, micro_batch_size: 4,
           lr: 1.0e-4, checkpoint_every: 1}
   eval: {every: 2, samples: 2, temperature: 1.0, top_p: 1.0}
   progress: false
@@ -84,7 +82,7 @@ def test_seven_methods_sweep_and_plot(tmp_path):
 @pytest.mark.parametrize("name,iterations,kill_after", [("dpo", 4, 2), ("restem", 3, 1)])
 def test_offline_method_killed_and_resumed_writes_identical_metrics(name, iterations, kill_after, tmp_path):
     from harness.config import dump_yaml, load_sweep
-    from harness.run import execute
+    from harness.train.job import execute
     (tmp_path / "mini7.yaml").write_text(textwrap.dedent(MINI7))
     _, runs = load_sweep(tmp_path / "mini7.yaml")
     sft = runs[0]

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from harness.engines.hf import HFEngine, sample_tokens
-from harness.models import tiny_llama
+from harness.runtime.engines.hf import HFEngine, sample_tokens
+from harness.runtime.models import tiny_llama
 
 
 def engine(char_tok, chunk=1024):
@@ -141,9 +141,9 @@ def test_an_engine_holding_its_own_copy_refuses_to_sample_stale_weights(char_tok
     """Engines know which weights they hold: after an optimizer step (or a reset) and no sync, an engine with its own
     copy raises instead of sampling the old policy; after sync() it samples again. The engine on the training model
     itself never is stale."""
-    from harness.backends import TorchTrainer
+    from harness.runtime.backends import TorchTrainer
     from harness.config import TrainConfig
-    from harness.models import StaleWeights, bump_weights_version, frozen_copy
+    from harness.runtime.models import StaleWeights, bump_weights_version, frozen_copy
     policy = tiny_llama(char_tok, hidden_size=32, layers=1, heads=2, intermediate_size=64, seed=3)
     own, plain = HFEngine(frozen_copy(policy), char_tok, progress=False, source=policy), HFEngine(policy, char_tok,
                                                                                                    progress=False)

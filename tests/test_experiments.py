@@ -1,5 +1,5 @@
 """experiments/table1.yaml and k_ablation.yaml resolve (offline, nothing loaded) to the paper's hyperparameters;
-the paper's numbers live in harness/paper_results.yaml and reach table.md and the report."""
+the paper's numbers live in harness/reporting/paper_results.yaml and reach table.md and the report."""
 import json
 from pathlib import Path
 
@@ -7,7 +7,10 @@ import pytest
 import yaml
 
 from harness.config import load_sweep
-from harness.plot import load, paper_results, paper_setting, table
+from harness.reporting import paper
+from harness.reporting.paper import numbers as paper_results, setting as paper_setting
+from harness.reporting.runs import load
+from harness.reporting.table import table
 
 ROOT = Path(__file__).parents[1]
 # The authors' configs (shared/reference/paper.md §1-3, vineppo_code.md §6)
@@ -92,8 +95,7 @@ def test_k_ablation_matches_the_paper():
 def test_paper_results_file():
     p = paper_results()
     assert p["table1"]["rho-1.1b"]["math"]["vineppo"] == 23.0 and p["table1"]["deepseekmath-7b"]["gsm8k"]["ppo"] == 78.9
-    from harness import report
-    assert report.PAPER_K["vineppo"][3] == 21.3 and report.PAPER_VALUES["mae"]["ppo"] == 0.11
+    assert paper.k_ablation()["vineppo"][3] == 21.3 and paper.numbers()["values"]["mae"]["ppo"] == 0.11
     assert paper_setting({"model": {"hub": "realtreetune/rho-1b-sft-MATH"}, "task": {"name": "math"}}) == "rho-1.1b math"
     assert paper_setting({"model": {}, "task": {"name": "arithmetic"}}) is None
 

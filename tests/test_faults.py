@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from harness.config import dump_yaml, load_sweep
-from harness.metrics import UnsafeFile, read_json, safe_load
-from harness.run import execute
+from harness.core.metrics import UnsafeFile, read_json, safe_load
+from harness.train.job import execute
 
 SFT = """
 name: faults
@@ -90,7 +90,7 @@ def mark_stopped(d):
 
 @pytest.mark.parametrize("damage", ["garbage", "edited", "shortened"])
 def test_resume_refuses_metrics_that_differ_from_what_the_checkpoint_counted(tmp_path, damage):
-    from harness.metrics import MetricsMismatch
+    from harness.core.metrics import MetricsMismatch
     d = finished_run(tmp_path)
     lines = (d / "metrics.jsonl").read_text().splitlines(keepends=True)
     row = json.loads(lines[1])
@@ -108,7 +108,7 @@ def test_resume_refuses_metrics_that_differ_from_what_the_checkpoint_counted(tmp
 
 
 def test_plot_separates_grid_points_and_names_every_run_it_leaves_out(tmp_path, capsys):
-    from harness import plot
+    from harness.reporting import plot
     from test_report import write_run
     r = tmp_path / "sweep"
     kw = {"kls": [0.0, 0.1], "train": [0.3, 0.4]}
@@ -136,7 +136,7 @@ def test_plot_separates_grid_points_and_names_every_run_it_leaves_out(tmp_path, 
 
 
 def test_plot_of_an_sft_only_sweep(tmp_path):
-    from harness import plot
+    from harness.reporting import plot
     from test_report import write_run
     write_run(tmp_path / "sweep", "sft-s0", "sft", 0, [0.3])
     assert plot.main([str(tmp_path / "sweep")]) == 0
@@ -179,7 +179,7 @@ def test_a_second_sweep_leaves_a_run_in_training_alone(tmp_path):
     import subprocess
     import sys
     import time
-    from harness.metrics import lock_holder, read_jsonl
+    from harness.core.metrics import lock_holder, read_jsonl
     from helpers import env, sh
     (tmp_path / "s.yaml").write_text(SFT.replace("iterations: 4", "iterations: 300"))
     first = subprocess.Popen([sys.executable, "-m", "harness.sweep", "s.yaml", "--output", "out"], cwd=tmp_path,
@@ -206,8 +206,8 @@ def test_a_second_sweep_leaves_a_run_in_training_alone(tmp_path):
 
 def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import algorithms.sft
-    from harness.metrics import read_jsonl
-    from harness.run import Diverged
+    from harness.core.metrics import read_jsonl
+    from harness.train.loop import Diverged
     calls, real = [], algorithms.sft.masked_mean
 
     def poisoned(*a, **k):
@@ -225,9 +225,9 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkey
 
 
 def test_a_kl_beyond_its_bound_is_a_warning_in_status_and_table(tmp_path):
-    from harness import plot
-    from harness.metrics import read_jsonl
-    from harness.status import status_lines
+    from harness.reporting import plot
+    from harness.core.metrics import read_jsonl
+    from harness.launch.status import status_lines
     ppo = SFT.replace("set: {algorithm: sft}", "set: {algorithm: ppo, train: {iterations: 3, warn_kl: 1.0e-9, "
                       "warn_grad_norm: 1.0e-9, "
                       "prompts_per_iteration: 2, samples_per_prompt: 2}, eval: {final_splits: [validation, test]}}")
@@ -243,8 +243,8 @@ def test_a_kl_beyond_its_bound_is_a_warning_in_status_and_table(tmp_path):
 
 def test_a_deleted_final_is_regenerated_from_the_last_checkpoint(tmp_path):
     import shutil
-    from harness.metrics import read_jsonl, run_done
-    from harness.status import run_state
+    from harness.core.metrics import read_jsonl, run_done
+    from harness.launch.status import run_state
     d = finished_run(tmp_path)
     rows = read_jsonl(d / "metrics.jsonl")
     weights = (d / "final" / "model.safetensors").read_bytes()
@@ -260,7 +260,7 @@ def test_a_deleted_final_is_regenerated_from_the_last_checkpoint(tmp_path):
 
 
 def test_training_rows_say_how_far_each_step_moved_the_model(tmp_path):
-    from harness.metrics import read_jsonl
+    from harness.core.metrics import read_jsonl
     rows = [r for r in read_jsonl(finished_run(tmp_path) / "metrics.jsonl") if r["kind"] == "train"]
     assert len(rows) == 4 and all(0 < r["policy_update_rel"] < 0.1 and r["policy_changed"] > 0.9 for r in rows), rows
 
@@ -269,7 +269,7 @@ def test_steps_without_a_gradient_do_not_count_toward_stuck():
     """A batch without signal (all advantages 0: every sample of a group wrong) rightly moves nothing; only steps
     that had a gradient to apply count toward train.stuck_steps."""
     import torch
-    from harness.backends import Movement
+    from harness.runtime.backends import Movement
     mv = Movement([torch.nn.Parameter(torch.ones(8))])
     for norm in (0.0, float("nan"), None):
         mv.around_step(lambda: None)
@@ -283,8 +283,8 @@ def test_steps_without_a_gradient_do_not_count_toward_stuck():
 def test_a_policy_that_does_not_move_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, patch):
     """Updates that round away (an lr below fp32's resolution; bf16 weights without a master copy at lr 1e-6):
     after train.stuck_steps steps the run stops, names the cause, and its last checkpoint stays."""
-    from harness.backends import Stuck
-    from harness.metrics import read_jsonl
+    from harness.runtime.backends import Stuck
+    from harness.core.metrics import read_jsonl
     text = SFT.replace("checkpoint_every: 2}", f"checkpoint_every: 2, stuck_steps: 3, {patch}}}")
     if "allow_low_precision" in patch:
         text = text.replace("model: {", "model: {dtype: bfloat16, ")

@@ -1,23 +1,20 @@
-"""Start gates (harness/gate.py): a start short of its dependents' `require:` stops the sweep before they run, names
-the run, the metric, the value and the bar, and exits non-zero; validation of `require`; harness.check."""
+"""Start gates (harness/core/gate.py): a start short of its dependents' `require:` stops the sweep before they run, names
+the run, the metric, the value and the bar, and exits non-zero; validation of `require`; harness.reporting.check."""
 import json
 import textwrap
 
 import pytest
 
-from harness import gate
+from harness.core import gate
 from harness.config import ConfigError, load_sweep
 
-from helpers import sh
+from helpers import MINI_MODEL, MINI_TASK, sh
 
 MINI = """
 name: g
 workers: 1
 defaults:
-  task: {name: arithmetic, n_train: 200, n_validation: 8, n_test: 8, min_ops: 2, max_ops: 3}
-  model: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64}
-  sampling: {temperature: 1.0, top_p: 1.0, max_new_tokens: 24}
-  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 1, batch_size: 8, lr: 1.0e-4, checkpoint_every: 1}
+""" + MINI_TASK + MINI_MODEL + """  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 1, batch_size: 8, lr: 1.0e-4, checkpoint_every: 1}
   eval: {every: 0, samples: 2, temperature: 1.0, top_p: 1.0, at_start: false}
   progress: false
 groups:

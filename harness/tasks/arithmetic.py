@@ -6,7 +6,7 @@ content match (easy for attention) rather than counting positions. Without label
 `6+3=9;9*3=7;...`) a 2-layer model needs 3x more SFT: after 1500 steps all of its greedy errors were copy errors
 (wrong operation or operand), none arithmetic.
 
-Why this variant (see README "The tiny task"): a tiny model learns the per-step arithmetic in a few minutes of SFT,
+Why this variant (see docs/tasks.md "The tiny task"): a tiny model learns the per-step arithmetic in a few minutes of SFT,
 and SFT demonstrations whose step results are corrupted with probability `noise` teach it a *stochastic* per-step
 error. RL can then remove errors that are choices of the policy, located at known steps, which is the situation
 where step-level credit assignment is meaningful. Operand 0 is excluded so there is no `*0` shortcut to the answer.

@@ -30,7 +30,7 @@ def perturb(answer: str) -> str:
     """A wrong answer: an integer plus one; else its first digit changed (`(\\frac{1}{8}, \\frac{1}{2})` ->
     `(\\frac{2}{8}, \\frac{1}{2})`); else the expression plus one. (Changing the *last* digit instead exposes
     math-verify's leniencies: a base subscript `52_8` = `52_9`, a unit exponent `cm^2` = `cm^3`, and 6-digit
-    rounding `.0000672` = `.0000673`; see README "Real tasks".)"""
+    rounding `.0000672` = `.0000673`; see docs/tasks.md "Real tasks".)"""
     a = answer.replace(",", "").strip()
     if re.fullmatch(r"-?\d+", a):
         return str(int(a) + 1)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness import tasks
+
 
 def task_config(task_name: str, split: str, data_file: Path, stop, max_new_tokens: int) -> dict:
     """The lm-eval task definition (a ConfigurableTask config, as a YAML task file would give)."""
@@ -32,7 +34,6 @@ def task_config(task_name: str, split: str, data_file: Path, stop, max_new_token
 
 def process_results(doc: dict, results: list[str]) -> dict:
     """lm-eval calls this per document with the generated text (already cut at the stop string)."""
-    from harness import tasks
     return {"acc": tasks.get(doc["task"]).grade(results[0], doc["answer"])}
 
 
@@ -50,7 +51,7 @@ def run_lm_eval(model_dir: Path, task, split: str, out_dir: Path, max_new_tokens
             f.write(json.dumps({"id": p["id"], "task": task.name, "prompt": task.prompt(p), "answer": p["answer"]},
                                ensure_ascii=False) + "\n")
     lm_task = ConfigurableTask(config=task_config(task.name, split, data, task.stop, max_new_tokens))
-    # BOS first, as our engines encode prompts (harness/engines/hf.py)
+    # BOS first, as our engines encode prompts (harness/runtime/engines/hf.py)
     lm = HFLM(pretrained=str(model_dir), device=device, batch_size=batch_size, add_bos_token=True)
     res = simple_evaluate(model=lm, tasks=[lm_task], log_samples=False, bootstrap_iters=0,
                           task_manager=_empty_task_manager())

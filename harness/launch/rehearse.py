@@ -27,7 +27,6 @@ eager (no graph compilation, which takes minutes on a CPU). Results go to result
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -37,9 +36,10 @@ import time
 from pathlib import Path
 
 from harness.config import RunConfig, dump_yaml
-from harness.metrics import atomic_write, read_json, read_jsonl
+from harness.core.metrics import atomic_write, read_json, read_jsonl
+from harness.reporting import plot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # numeric options whose value, not just presence, picks a code path
 STRUCTURAL = {"backend.processes": lambda v: min(v, 2), "backend.zero_stage": lambda v: v,
               "train.iterations": lambda v: v > 0, "train.kl_coef": lambda v: v > 0,
@@ -115,65 +115,7 @@ def shrink(cfg: RunConfig, iterations: int, stand_in: dict | None) -> RunConfig:
     return RunConfig.model_validate(d)
 
 
-# --- stand-ins -----------------------------------------------------------------------------------------------------
-def _wrong_answer(task, problem: dict, target: str) -> str | None:
-    """`target` with its final answer replaced by a wrong one (None if the answer is not where expected)."""
-    from harness.tasks.check import perturb
-    ans = problem["answer"]
-    for old in (f"#### {ans}", f"\\boxed{{{ans}}}"):
-        i = target.rfind(old)
-        if i >= 0:
-            return target[:i] + old.replace(ans, perturb(ans)) + target[i + len(old):]
-    return None
-
-
-def make_stand_in(task_cfg: dict, dtype: str, store: Path) -> dict:
-    """A stand-in model + data for a task that reads real data (GSM8K, MATH): see the module docstring."""
-    import torch
-    from harness import models, tasks
-    from harness.tasks.common import read_jsonl as read_rows
-    name = task_cfg["name"]
-    out, data = store / f"{name}-{dtype}", store / "data" / name
-    if (out / "config.json").exists():
-        return {"path": str(out), "data_dir": str(data)}
-    cls = tasks.get(name)
-    src = REPO / "tests" / "data" / name
-    t0 = time.time()
-    task = cls(cls.Config(**{**task_cfg, "data_dir": str(src), "n_validation": 1}))
-    pairs = []
-    for split in ("train", "test"):
-        rows = read_rows(src / f"{split}.jsonl")
-        probs = [cls._problem(r, f"{split}-{i}") for i, r in enumerate(rows)]
-        order = sorted(range(len(rows)), key=lambda i: len(task.prompt(probs[i]) + task.sft_target(probs[i])))
-        keep = sorted(order[:SMALL["stand_in_rows"] if split == "train" else SMALL["eval_problems"]])
-        atomic_write(data / f"{split}.jsonl", "".join(json.dumps(rows[i]) + "\n" for i in keep))
-        if split == "train":
-            pairs = [(task.prompt(probs[i]), task.sft_target(probs[i]), probs[i]) for i in keep]
-    texts = [p + t for p, t, _ in pairs] + [p + w for p, t, x in pairs if (w := _wrong_answer(task, x, t))]
-    tok = models.bpe_tokenizer(texts * 4)
-    torch.manual_seed(0)
-    model = models.tiny_llama(tok, max_positions=2048)
-    ids = [[tok.bos_token_id] + tok(x, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for x in texts]
-    width = max(map(len, ids))
-    batch = torch.full((len(ids), width), tok.pad_token_id)
-    for i, x in enumerate(ids):
-        batch[i, :len(x)] = torch.tensor(x)
-    att = (torch.arange(width)[None] < torch.tensor([len(x) for x in ids])[:, None]).long()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):                                # recites them (loss ~0.05; ~1 min on 2 cores)
-        loss = model(input_ids=batch, attention_mask=att, labels=batch.masked_fill(att == 0, -100)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    models.save(model.to(getattr(torch, dtype)), tok, tmp)
-    os.replace(tmp, out)
-    print(f"[rehearse] stand-in for {name} ({dtype}): {len(texts)} texts, loss {float(loss.detach()):.3f}, "
-          f"{time.time() - t0:.0f}s -> {out}", flush=True)
-    return {"path": str(out), "data_dir": str(data)}
-
-
+# --- stand-ins (harness/train/standin.py) ---------------------------------------------------------------
 def needs_stand_in(cfg: RunConfig) -> bool:
     return cfg.model.init == "pretrained" and not cfg.model.init_run
 
@@ -267,7 +209,9 @@ def main(sweep_file: str, runs, out: Path, stand_in: str | None) -> int:
         t0, si = time.time(), None
         try:
             if stand_in and "data_dir" in run.cfg.task:        # GSM8K / MATH: the stand-in data, and model
-                si = make_stand_in(run.cfg.task, run.cfg.model.dtype, out / "stand-ins")
+                from harness.train.standin import make_stand_in   # lazy: torch only when a stand-in is built
+                si = make_stand_in(run.cfg.task, run.cfg.model.dtype, out / "stand-ins", SMALL["stand_in_rows"],
+                                   SMALL["eval_problems"])
                 si = si if needs_stand_in(run.cfg) else {"data_dir": si["data_dir"]}
             trained = run.cfg.train.iterations > 0
             small = shrink(run.cfg, 2 if trained else 0, si)
@@ -287,8 +231,7 @@ def main(sweep_file: str, runs, out: Path, stand_in: str | None) -> int:
             print("    FAILED: " + "; ".join(bad) + f"\n    log: {log}\n" + re.sub("^", "    | ", tail, flags=re.M))
             continue
         print("\n".join(report(run.cfg, small, run_dir, f"ok in {time.time() - t0:.0f}s", peak, bool(si))), flush=True)
-    from harness import plot
     plotted = failed < len(chosen) and plot.main([str(out)]) == 0
     print(f"rehearsal finished in {time.time() - t_all:.0f}s: {len(chosen) - failed} of {len(chosen)} paths ok"
-          + ("" if plotted or failed == len(chosen) else "; harness.plot failed") + f" ({out})")
+          + ("" if plotted or failed == len(chosen) else "; harness.reporting.plot failed") + f" ({out})")
     return 0 if failed == 0 and plotted else 1

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from harness import dist
-from harness.metrics import safe_load
-from harness.models import bump_weights_version
+from harness.runtime import dist
+from harness.core.metrics import safe_load
+from harness.runtime.models import bump_weights_version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def lr_factor(tcfg, total: int):

@@ -18,12 +18,12 @@ import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
-from harness.run import execute        # the heavy imports (torch, transformers): once per worker
+from harness.train.job import execute        # the heavy imports (torch, transformers): once per worker
 
 
 def local_run(run_dir: str, threads: int) -> str:
-    """What a worker runs for each run: harness.run.execute, ending at the next iteration boundary with a checkpoint
-    ("stopped") when the sweep passes on a Ctrl-C/SIGTERM (SIGINT, SIGTERM); a second signal interrupts at once.
+    """What a worker runs for each run: harness.train.job.execute, ending at the next iteration boundary with a
+    checkpoint ("stopped") when the sweep passes on a Ctrl-C/SIGTERM (SIGINT, SIGTERM); a second signal interrupts at once.
     A terminal's Ctrl-C reaches the run directly and through the sweep: signals within 2 s count as one."""
     asked: list[float] = []
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from harness.models import check_fresh, weights_version
+from harness.runtime.models import check_fresh, prompt_ids, weights_version
 
 
 @dataclass
@@ -162,9 +162,7 @@ class HFEngine:
         self.source, self.synced = model, weights_version(model)     # the policy it now holds a copy of
 
     def encode_prompt(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + ids
+        return prompt_ids(self.tokenizer, text)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,

@@ -31,7 +31,7 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 
 def bpe_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `texts` (any text encodes; merges cross step boundaries as a real
-    model's do): the tokenizer of the rehearsal's stand-in models (harness/rehearse.py)."""
+    model's do): the tokenizer of the rehearsal's stand-in models (harness/launch/rehearse.py)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -53,7 +53,7 @@ def tiny_llama(tokenizer, hidden_size=128, layers=2, heads=4, intermediate_size=
 
 def load(mcfg, seed: int = 0):
     """Return (tokenizer, model) for a `ModelConfig` (see harness/config.py)."""
-    # sdpa everywhere, by measurement (README "Performance"): on CPU it trains the tiny 16-head model 1.26x faster
+    # sdpa everywhere, by measurement (docs/benchmarks.md "Attention"): on CPU it trains the tiny 16-head model 1.26x faster
     # than eager (fp32, 2 threads) and samples as fast; SmolLM2 (grouped-query) decodes faster with it at batch 64.
     attn = mcfg.attn_implementation or "sdpa"
     if mcfg.init == "tiny":
@@ -141,3 +141,10 @@ def save(model, tokenizer, path: str | Path):
 
 def num_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """A prompt's token ids as every engine feeds it: BOS (when the tokenizer has one), then the text's own tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return ([bos] if bos is not None else []) + ids

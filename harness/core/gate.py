@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.metrics import read_jsonl
+from harness.core.metrics import read_jsonl
 
 
 class GateError(RuntimeError):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
-from harness.metrics import read_json, read_jsonl, run_done
+from harness.core.metrics import read_json, read_jsonl, run_done
+from harness.launch import squeue
 
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -33,10 +35,9 @@ def last_error_line(log: str | None) -> str:
 def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None) -> dict:
     """{state, detail, job_id, log, error}; state is new|queued|pending|running|stopped|done|damaged|failed|cancelled|
     blocked (damaged: says done, but final/ is gone; blocked: its start failed the gate its group requires,
-    harness/gate.py).
-    `queue`/`acct`: harness.slurm.queued()/accounted() results for many runs at once (queried here if None);
+    harness/core/gate.py).
+    `queue`/`acct`: harness.launch.squeue.queued()/accounted() results for many runs at once (queried here if None);
     queue=False: SLURM is unreachable, status.json is all there is."""
-    from harness import slurm
     job = read_json(run_dir / "job.json", {})
     jid = job.get("job_id") if job.get("executor") == "slurm" and queue is not False else None
     st = read_json(run_dir / "status.json", {})
@@ -51,7 +52,7 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
             return {"state": "damaged", "detail": why, "job_id": job.get("job_id"), "log": job.get("log", "-"),
                     "error": ""}
     if state != "done" and jid:
-        queue = slurm.queued([jid]) if queue is None else queue
+        queue = squeue.queued([jid]) if queue is None else queue
         st = read_json(run_dir / "status.json", {})           # re-read: the job may have finished meanwhile
         state = st.get("state", "new")
         if state == "done":
@@ -61,7 +62,7 @@ def run_state(run_dir: Path, queue: dict | None = None, acct: dict | None = None
             state = "pending" if sl in PENDING else "running" if sl in RUNNING else sl.lower()
             detail = "SLURM: " + sl + (f" ({reason})" if reason not in ("", "None") else "")
         else:                                                   # left the queue without writing "done"
-            sl, code = (slurm.accounted([jid]) if acct is None else acct).get(jid, ("", ""))
+            sl, code = (squeue.accounted([jid]) if acct is None else acct).get(jid, ("", ""))
             state = (state if state in ("failed", "blocked")                 # the run's word first
                      else "cancelled" if sl == "CANCELLED" else "failed")
             detail = f"SLURM: {sl or 'not in the queue'}" + (f", exit code {code}" if code and code != "0:0" else "")
@@ -112,13 +113,12 @@ def live_line(run_dir: Path, total: int, running_s: float) -> tuple[str, float |
 def status_lines(runs, out: Path) -> list[str]:
     """One line per run: id, state (SLURM's view in brackets), job id, iteration/total, last validation accuracy,
     log path; a failed run adds its last error line."""
-    from harness import slurm
     jobs = [read_json(out / r.id / "job.json", {}) for r in runs]
     ids = [j["job_id"] for j in jobs if j.get("executor") == "slurm"]
     lines, queue, acct = [], {}, {}
     try:
-        queue = slurm.queued(ids) if ids else {}
-        acct = slurm.accounted([i for i in ids if i not in queue]) if ids else {}
+        queue = squeue.queued(ids) if ids else {}
+        acct = squeue.accounted([i for i in ids if i not in queue]) if ids else {}
     except RuntimeError as e:
         queue, lines = False, [f"warning: SLURM unreachable ({e}); states are the runs' own last words"]
     width = max(len(r.id) for r in runs)
@@ -142,3 +142,17 @@ def status_lines(runs, out: Path) -> list[str]:
             lines.append(f"{'':<{width}}  " + "; ".join(more))
     lines.append(f"{len(runs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return lines
+
+
+def fresh_log_dir(out: Path) -> Path:
+    """A new submitit log folder per submission: job ids (pids, SLURM ids on a fresh cluster) repeat, and submitit
+    would otherwise read a stale result file left by an earlier job with the same id."""
+    base = out / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    d, n = base, 1
+    while True:
+        try:
+            d.mkdir(parents=True)
+            return d
+        except FileExistsError:
+            n += 1
+            d = base.with_name(f"{base.name}-{n}")

