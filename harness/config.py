@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import algorithms
 from harness import tasks
+from harness.core import tracking
 
 # Sweep, group and label names become folder names under results/: one path component that cannot climb ("..").
 SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$"
@@ -205,6 +206,36 @@ class Resources(Strict):
     time_min: int = Field(60, ge=1)
 
 
+class TensorBoardConfig(Strict):
+    dir: str | None = Field(None, description="log directory (default: <results>/<sweep>/tensorboard); one "
+                                              "folder per run inside it, named as table.md names the run")
+
+
+class WandbConfig(Strict):
+    project: str
+    entity: str | None = None
+    mode: Literal["offline", "online"] = Field("offline", description="offline: files only, `wandb sync` later")
+    dir: str | None = Field(None, description="where W&B writes its files (default: <results>/<sweep>)")
+
+
+class MLflowConfig(Strict):
+    tracking_uri: str = Field(description="sqlite:///mlflow.db, http://host:5000, ... (file:// is MLflow's "
+                                          "deprecated file store)")
+    experiment: str | None = Field(None, description="default: the sweep's name")
+
+
+class LoggingConfig(Strict):
+    """Experiment trackers, all off by default (harness/core/tracking.py, docs/tracking.md). They receive every
+    metrics row once the checkpoint keeping it is written (step = iteration), the resolved config as
+    hyperparameters; `group`/`name` are filled in by the sweep. Not part of a run's id: switching trackers on
+    for a sweep already made continues the same runs."""
+    tensorboard: bool | TensorBoardConfig = False
+    wandb: WandbConfig | None = None
+    mlflow: MLflowConfig | None = None
+    group: str | None = Field(None, description="set by the sweep: its name (trackers' group / experiment)")
+    name: str | None = Field(None, description="set by the sweep: the run's label and seed, as table.md names it")
+
+
 class RunConfig(Strict):
     algorithm: str
     label: str | None = Field(None, pattern=SAFE_NAME, description="legend/table name; defaults to the algorithm")
@@ -220,6 +251,7 @@ class RunConfig(Strict):
     backend: BackendConfig = BackendConfig()
     algo: dict[str, Any] = {}
     resources: Resources = Resources()
+    logging: LoggingConfig = LoggingConfig()
     progress: bool = True
 
     @field_validator("algorithm")
@@ -242,6 +274,9 @@ class RunConfig(Strict):
             raise ValueError(f"{self.algorithm} draws {per_it} distinct training problems per iteration but "
                              f"task.n_train is {n_train} (see train.prompts_per_iteration, or batch_size for sft)")
         self._check_weight_precision()
+        why = tracking.problems(self.logging.model_dump())
+        if why:
+            raise ValueError("; ".join(why))
         if self.label is None:
             self.__dict__["label"] = self.algorithm
         if self.train.micro_batch_size > self.train.batch_size:
@@ -331,7 +366,8 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    # Trackers are where a run is watched, not what it is: switching them on keeps its id (and its results).
+    blob = json.dumps(cfg.model_dump(mode="json", exclude={"logging"}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:6]
 
 

@@ -26,7 +26,7 @@ def sh(*args, cwd, timeout=None):
 # Metrics columns that measure time (and memory): they differ between two runs of the same config, everything else
 # must not.
 TIMING = {"wall_s", "eval_s", "device_s", "t_eval", "t_generate", "t_mc_rollouts", "t_collect_other", "t_train",
-          "t_sync", "t_select", "rss_peak_gb", "gpu_peak_gb"}
+          "t_sync", "t_select", "t_track", "rss_peak_gb", "gpu_peak_gb"}
 
 
 def strip_timing(rows: list[dict]) -> list[dict]:

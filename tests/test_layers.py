@@ -21,7 +21,7 @@ LAYERS = {
     "analysis": {"core", "tasks", "runtime", "algorithms", "config", "train", "reporting"},
     "entry": {"core", "tasks", "runtime", "algorithms", "config", "train", "launch", "reporting", "analysis"},
 }
-ENTRY = {"sweep", "run", "plot", "check", "analyze", "evaluate"}   # `python -m harness.X`: thin modules
+ENTRY = {"sweep", "run", "plot", "check", "analyze", "evaluate", "export"}   # `python -m harness.X`: thin modules
 
 
 def layer(module: str) -> str | None:

@@ -45,7 +45,8 @@ STRUCTURAL = {"backend.processes": lambda v: min(v, 2), "backend.zero_stage": la
               "train.iterations": lambda v: v > 0, "train.kl_coef": lambda v: v > 0,
               "train.keep_every": lambda v: v > 0, "eval.every": lambda v: v > 0}
 IGNORED = ("seed", "label", "group", "threads", "progress", "resources", "task.data_dir", "model.hub", "model.path",
-           "model.revision", "model.gguf_file", "model.gguf_package", "model.init_run", "model.init_require")
+           "model.revision", "model.gguf_file", "model.gguf_package", "model.init_run", "model.init_require",
+           "logging.group", "logging.name")
 SMALL = {"prompts": 4, "samples": 4, "K": 3, "eval_problems": 4, "eval_samples": 2, "new_tokens": 128,
          "stand_in_rows": 10}
 

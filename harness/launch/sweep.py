@@ -29,6 +29,7 @@ from harness.core import gate
 from harness.core.metrics import atomic_write, read_json, run_done, write_status
 from harness.launch import rehearse, slurm, squeue
 from harness.launch.status import run_state, status_lines
+from harness.reporting.runs import tracker_names
 
 
 def select(runs, patterns: list[str] | None):
@@ -56,6 +57,16 @@ def cancel_sweep(runs, out: Path) -> int:
     print(f"cancelled {len(live)} SLURM jobs" + (f": {' '.join(live)}" if live else "") +
           (f"; {local} runs were started by a local sweep process: stop it (Ctrl-C)" if local else ""))
     return 0
+
+
+def name_trackers(sweep, runs):
+    """Each run's tracker group (the sweep) and name (its table.md label and seed), over the whole sweep so that a
+    run's name does not depend on --only. Not part of run ids (harness/config.py config_hash)."""
+    names = tracker_names({r.id: r.cfg.model_dump(mode="json") for r in runs})
+    for r in runs:
+        r.cfg = r.cfg.model_copy(update={"logging": r.cfg.logging.model_copy(
+            update={"group": sweep.name, "name": names[r.id]})})
+    return runs
 
 
 def main(argv=None) -> int:
@@ -87,6 +98,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         sweep, runs = load_sweep(a.sweep)
+        runs = name_trackers(sweep, runs)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

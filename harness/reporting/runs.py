@@ -17,7 +17,7 @@ import yaml
 
 from harness.core.metrics import read_json, read_jsonl
 from harness.reporting import paper
-from harness.reporting.style import FAMILY
+from harness.reporting.style import FAMILY, display
 
 
 @dataclass
@@ -167,7 +167,7 @@ def _flat(cfg: dict, prefix: str = "") -> dict:
 def config_labels(cfgs: dict[str, dict]) -> dict[str, str]:
     """Run name -> its label, plus `-key=value` for every config value (seed aside) that differs between the runs
     sharing that label, so that only seeds of one config are ever averaged together."""
-    flat = {n: _flat({k: v for k, v in c.items() if k != "seed"}) for n, c in cfgs.items()}
+    flat = {n: _flat({k: v for k, v in c.items() if k not in ("seed", "logging")}) for n, c in cfgs.items()}
     by_label: dict[str, list[str]] = {}
     for n, c in cfgs.items():
         by_label.setdefault(str(c.get("label") or c.get("algorithm")), []).append(n)
@@ -178,6 +178,12 @@ def config_labels(cfgs: dict[str, dict]) -> dict[str, str]:
         for n in names:
             out[n] = lab + "".join(f"-{k.split('.')[-1]}={_value(flat[n].get(k))}" for k in differ)
     return out
+
+
+def tracker_names(cfgs: dict[str, dict]) -> dict[str, str]:
+    """Run name -> its name in the trackers: its table.md label and its seed, e.g. `PPO lr=1e-05 s0`."""
+    labels = config_labels(cfgs)
+    return {n: f"{display(labels[n])} s{c.get('seed', 0)}" for n, c in cfgs.items()}
 
 
 def _value(v) -> str:

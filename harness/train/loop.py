@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from harness.config import RunConfig, load_run_config
-from harness.core import gate
+from harness.core import gate, tracking
 from harness.core.metrics import MetricsLog, estimate_flops, peak_memory_gb, read_jsonl, write_status
 from harness.runtime import dist, models
 from harness.runtime.backends import movement_stats
@@ -24,6 +24,7 @@ from harness.train.build import build
 from harness.train.checkpoint import Checkpoints
 
 PHASES = ("generate", "mc_rollouts")
+TRACK_SLOW_S = 30.0     # a checkpoint's rows taking longer than this to reach the trackers is a warning row
 
 
 def charged_devices(device: torch.device) -> int:
@@ -52,6 +53,7 @@ class Runner:
         self.main = dist.is_main()                           # process 0 writes every file
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.ckpt = Checkpoints(run_dir, self.algo, self.policy, self.tokenizer, self.metrics)
+        self.trackers, self.track_s = None, 0.0              # (started after the resume: start_trackers)
         self.devices = charged_devices(self.device)
         # Loop state: everything a checkpoint must restore besides the algorithm. device_s is accumulated, not
         # derived, because a requeued job may get a different allocation.
@@ -119,18 +121,62 @@ class Runner:
                 print(f"[{self.run_id}] eval it {self.state['iteration']} {split}: acc {res['acc']:.3f}{greedy} {took}",
                       flush=True)
 
+    # --- trackers (harness/core/tracking.py) --------------------------------------------------------------------
+    def start_trackers(self) -> None:
+        """After the resume (metrics.jsonl holds what the checkpoint keeps): start the configured trackers on process
+        0 and send them the rows they miss."""
+        spec = self.cfg.logging.model_dump()
+        if not self.main or not any(spec.get(k) for k in tracking.KINDS):
+            return
+        meta = {"group": spec["group"] or self.dir.parent.name, "name": spec["name"] or self.run_id,
+                "run_id": self.run_id, "config": self.cfg.model_dump(mode="json", exclude={"logging"})}
+        self.trackers = tracking.Trackers(spec, self.dir, meta, warn=self.warn)
+        self.track()
+
+    def track(self) -> None:
+        """Send the trackers the rows the last checkpoint made durable (a crash cannot take those back)."""
+        if self.trackers:
+            took = self.trackers.send(read_jsonl(self.metrics.path)[:self.state["rows"]])
+            self.track_s += took
+            if took > TRACK_SLOW_S:
+                self.warn(f"sending rows to the trackers took {took:.1f}s (> {TRACK_SLOW_S:g}s): a slow tracker "
+                          f"server slows the run; t_track in the training rows sums it")
+
+    def save(self, trainers: bool = True) -> None:
+        self.ckpt.save(self.state, trainers)
+        self.track()
+
+    def warn(self, msg: str, iteration: int | None = None) -> None:
+        """A warning row (shown by --status and table.md) and a log line; the run goes on."""
+        if self.main:
+            it = self.state["iteration"] if iteration is None else iteration
+            self.metrics.append({"kind": "warning", "iteration": it, "message": msg})
+            print(f"[{self.run_id}] warning: {msg}", flush=True)
+
     # --- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> bool:
         """Train to the end (True), or until `stop()` says the job must end (False; state saved to resume)."""
+        try:
+            finished = self._run()
+        except BaseException:
+            if self.trackers:
+                self.trackers.close("failed")
+            raise
+        if self.trackers:
+            self.trackers.close("done" if finished else "stopped")
+        return finished
+
+    def _run(self) -> bool:
         cfg = self.cfg
         self.resume()
+        self.start_trackers()
         n_it, every = cfg.train.iterations, cfg.eval.every
         log_every = max(1, n_it // 20)
         self.snapshot()
         while self.state["iteration"] < n_it:
             it = self.state["iteration"]
             if self.stop() or (self.stop_after is not None and it >= self.stop_after):   # time limit, preemption
-                self.ckpt.save(self.state)
+                self.save()
                 print(f"[{self.run_id}] stopping at iteration {it} (checkpoint saved)", flush=True)
                 return False
             if (it == 0 and cfg.eval.at_start) or (it > 0 and every and it % every == 0):
@@ -163,6 +209,7 @@ class Runner:
                    **{f"t_{p}": round(v, 4) for p, v in gen_s.items()},
                    "t_collect_other": round(t1 - t0 - sum(gen_s.values()), 4), "t_train": round(t2 - t1, 4),
                    "t_sync": round(t3 - t2, 4), "grade_timeouts": grades["timeouts"], **peak_memory_gb(),
+                   **({"t_track": round(self.track_s, 4)} if self.trackers else {}),
                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.items()}}
             if self.main:
                 self.metrics.append(row)
@@ -173,12 +220,12 @@ class Runner:
                     f" | gen {gen_s['generate']:.1f}s mc {gen_s['mc_rollouts']:.1f}s train {t2 - t1:.1f}s"
                     f" | wall {self.state['wall_s']:.0f}s", flush=True)
             if (it + 1) % cfg.train.checkpoint_every == 0 or it + 1 == n_it:
-                self.ckpt.save(self.state)
+                self.save()
                 if self.main:
                     write_status(self.dir, "running", iteration=it + 1, total=n_it)
         if not self._final_eval_done():
             self.run_eval(cfg.eval.final_splits)
-            self.ckpt.save(self.state, trainers=False)
+            self.save(trainers=False)
         self.ckpt.save_final()
         return True
 
@@ -193,10 +240,8 @@ class Runner:
         t = self.cfg.train
         for key, what, lim in (("kl", "KL to the reference", t.warn_kl), ("grad_norm", "gradient norm", t.warn_grad_norm)):
             v = stats.get(key)
-            if self.main and lim is not None and v is not None and v > lim:
-                msg = f"iteration {it}: {what} {v:.3g} > train.warn_{key} {lim:g} (diverging?)"
-                self.metrics.append({"kind": "warning", "iteration": it, "message": msg})
-                print(f"[{self.run_id}] warning: {msg}", flush=True)
+            if lim is not None and v is not None and v > lim:
+                self.warn(f"iteration {it}: {what} {v:.3g} > train.warn_{key} {lim:g} (diverging?)", it)
 
     def _sum_counts_over_processes(self, before: dict) -> None:
         """Data parallel: each process counted the tokens it pushed through its models; the run did the sum."""
