@@ -123,7 +123,7 @@ def test_keep_every_snapshots_and_analysis_cli(tmp_path):
     """A real SFT -> PPO run with keep_every writes iter_*.pt (policy + critic); the analysis CLI reads them (and
     the run's start and final weights), caches one file per snapshot, and does not recompute a cached one."""
     from harness.config import dump_yaml, load_sweep
-    from harness.train.loop import execute
+    from harness.train.job import execute
     sweep = tmp_path / "s.yaml"
     sweep.write_text(yaml.safe_dump({
         "name": "s", "defaults": {
