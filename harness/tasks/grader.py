@@ -27,6 +27,7 @@ import time
 
 TIMEOUT_S = float(os.environ.get("HARNESS_GRADER_TIMEOUT", 5.0))   # per item, inside the worker and outside
 WORKERS = int(os.environ.get("HARNESS_GRADER_WORKERS", 0)) or min(4, os.cpu_count() or 1)
+START_S = 300.0         # for the worker pool to start (spawned processes importing the main module and math-verify)
 MAX_CHARS = 2000        # a longer "answer" is not an answer: skip the sympy path (it only risks a hang)
 
 
@@ -119,10 +120,24 @@ class GraderError(RuntimeError):
     """The grader cannot grade (its worker pool failed): never a silent 0."""
 
 
+def _pool_failed(why) -> GraderError:
+    return GraderError(f"the math-verify worker pool failed ({why}); every answer would score 0. Workers are spawned "
+                       f"processes: run from a script or module, not from a script fed on standard input")
+
+
 def _pool() -> cf.ProcessPoolExecutor:
+    """The worker pool, started and warm: spawned workers first re-import the main module (the whole training stack
+    under `harness.run`), which on a busy machine takes longer than an item's deadline; that start-up must not be
+    counted as grading timeouts."""
     global _POOL
     if _POOL is None:
         _POOL = cf.ProcessPoolExecutor(WORKERS, mp_context=mp.get_context("spawn"))
+        try:
+            for f in [_POOL.submit(_have_math_verify) for _ in range(WORKERS)]:
+                f.result(timeout=START_S)
+        except (cf.TimeoutError, BrokenProcessPool) as e:
+            _kill_pool()
+            raise _pool_failed(e if str(e) else f"not started within {START_S:g}s") from None
     return _POOL
 
 
@@ -171,9 +186,7 @@ def is_equiv_many(pairs: list[tuple[str | None, str]], timeout: float = TIMEOUT_
             COUNTS["timeouts"] += 1
         except BrokenProcessPool as e:                 # the pool could not start or died: nothing can be graded
             _kill_pool()
-            raise GraderError(f"the math-verify worker pool failed ({e}); every answer would score 0. Workers are "
-                              f"spawned processes: run from a script or module, not from a script fed on standard "
-                              f"input") from None
+            raise _pool_failed(e) from None
         except Exception:                               # math-verify raised on this item: it is not equivalent
             pass
     if hung:
