@@ -17,6 +17,7 @@ from harness.config import ConfigError, dump_yaml, load_sweep
 from harness.core import tracking
 from harness.core.metrics import read_json, read_jsonl
 from harness.launch.sweep import name_trackers
+from harness.reporting.runs import tracker_names
 from harness.train.job import execute
 
 from helpers import MINI_MODEL, MINI_TASK, sh
@@ -114,6 +115,10 @@ def test_scalars_and_ids():
     long = tracking.tracker_id("s" * 80, "rl-ppo-s0-abcdef")
     assert len(long) == 64 and long == tracking.tracker_id("s" * 80, "rl-ppo-s0-abcdef")
     assert tracking.tracker_id("tiny", "rl-ppo-s0-abc") == "tiny-rl-ppo-s0-abc"
+    # names ignore the logging section (each run's own name would otherwise make every label differ)
+    cfgs = {f"r{s}": {"algorithm": "ppo", "seed": s, "train": {"lr": lr}, "logging": {"name": f"n{s}"}}
+            for s, lr in ((0, 1e-5), (1, 1e-5), (2, 3e-5))}
+    assert tracker_names(cfgs) == {"r0": "PPO lr=1e-05 s0", "r1": "PPO lr=1e-05 s1", "r2": "PPO lr=3e-05 s2"}
 
 
 def test_a_crash_between_checkpoints_leaves_one_continuous_curve_in_each_tracker(tmp_path):

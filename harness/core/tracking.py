@@ -57,15 +57,21 @@ def scalars(row: dict) -> dict[str, float]:
             if k not in ("kind", "iteration", "split") and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    """Nested config -> {"train.lr": 1e-05, ...} (hyperparameters as trackers list them)."""
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {"train.lr": 1e-05, ...}; an empty mapping stays a value (also what table.md labels use)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)
+            out[f"{prefix}{k}"] = v
     return out
+
+
+def flat(d: dict) -> dict:
+    """flatten() with every value a tracker hyperparameter can hold: scalars as they are, the rest as JSON."""
+    scalar = (int, float, str, bool, type(None))
+    return {k: v if isinstance(v, scalar) else json.dumps(v) for k, v in flatten(d).items()}
 
 
 def tracker_id(group: str, run_id: str) -> str:

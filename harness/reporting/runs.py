@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from harness.core.metrics import read_json, read_jsonl
+from harness.core.tracking import flatten
 from harness.reporting import paper
 from harness.reporting.style import FAMILY, display
 
@@ -154,20 +155,10 @@ def evals(runs: list[Run]) -> pd.DataFrame:
     return df
 
 
-def _flat(cfg: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_labels(cfgs: dict[str, dict]) -> dict[str, str]:
     """Run name -> its label, plus `-key=value` for every config value (seed aside) that differs between the runs
     sharing that label, so that only seeds of one config are ever averaged together."""
-    flat = {n: _flat({k: v for k, v in c.items() if k not in ("seed", "logging")}) for n, c in cfgs.items()}
+    flat = {n: flatten({k: v for k, v in c.items() if k not in ("seed", "logging")}) for n, c in cfgs.items()}
     by_label: dict[str, list[str]] = {}
     for n, c in cfgs.items():
         by_label.setdefault(str(c.get("label") or c.get("algorithm")), []).append(n)
